@@ -1,0 +1,241 @@
+"""Typed loading of the dataset contract (``dataset.yaml``) and the policies (``policy.yaml``).
+
+Errors name the file and the field and say what was expected, because the person reading them is
+adapting these files to their own data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from continuous_training.settings import load_settings
+
+COLUMN_TYPES = ("integer", "float", "string", "category", "timestamp")
+ROLES = ("key", "timestamp", "feature", "target")
+
+
+class ConfigError(ValueError):
+    """A configuration file does not say what the project needs."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    role: str
+    min: float | None = None
+    max: float | None = None
+    values: tuple[Any, ...] | None = None
+    nullable: bool = False
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.type in ("integer", "float")
+
+
+@dataclass(frozen=True)
+class DatasetContract:
+    name: str
+    columns: tuple[Column, ...]
+    min_rows: int = 1
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(name)
+
+    def _one(self, role: str) -> str:
+        return next(c.name for c in self.columns if c.role == role)
+
+    @property
+    def key(self) -> str:
+        return self._one("key")
+
+    @property
+    def timestamp(self) -> str:
+        return self._one("timestamp")
+
+    @property
+    def target(self) -> str:
+        return self._one("target")
+
+    @property
+    def features(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.columns if c.role == "feature")
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c.name for c in self.features]
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return [c.name for c in self.features if c.is_numeric]
+
+    @property
+    def categorical_features(self) -> list[str]:
+        return [c.name for c in self.features if c.type == "category"]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    name: str = "loan_default"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingPolicy:
+    window_days: int = 28
+    holdout_days: int = 2
+    min_partitions: int = 5
+    refresh_after_new_partitions: int = 7
+    reference_sample_rows: int = 5000
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    metric: str = "roc_auc"
+    min_value: float = 0.70
+    max_regression: float = 0.005
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    num_method: str = "wasserstein"
+    cat_method: str = "jensenshannon"
+    threshold: float = 0.1
+    min_rows: int = 500
+    min_drifted_columns: int = 1
+    window_hours: float = 24
+    cooldown_hours: float = 6
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    on_call: tuple[str, ...] = ("oncall@example.com",)
+    from_email: str = "continuous-training@localhost"
+
+
+@dataclass(frozen=True)
+class Policy:
+    model: ModelPolicy
+    training: TrainingPolicy
+    gate: GatePolicy
+    drift: DriftPolicy
+    alerts: AlertPolicy
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found (set CT_CONFIG_DIR to the folder holding it)") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+    defaults = cls()
+    kwargs = {}
+    for name, value in data.items():
+        expected = type(getattr(defaults, name))
+        if expected in (int, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
+        if expected is str and not isinstance(value, str):
+            raise ConfigError(f"{where}.{name}: expected a string, got {value!r}")
+        if expected is tuple:
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}.{name}: expected a list, got {value!r}")
+            value = tuple(value)
+        if expected is dict and not isinstance(value, dict):
+            raise ConfigError(f"{where}.{name}: expected a mapping, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_contract(data: dict[str, Any], where: str = "dataset.yaml") -> DatasetContract:
+    """Build a :class:`DatasetContract` from parsed YAML, checking every column.
+
+    Raises:
+        ConfigError: naming the file, the column and what was expected.
+    """
+    raw_columns = data.get("columns")
+    if not isinstance(raw_columns, list) or not raw_columns:
+        raise ConfigError(f"{where}: `columns` must be a non-empty list of column specs")
+    columns = []
+    seen: set[str] = set()
+    for i, spec in enumerate(raw_columns):
+        at = f"{where}: columns[{i}]"
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"{at}: expected a mapping with at least `name`, `type` and `role`")
+        at = f"{where}: column {spec['name']!r}"
+        unknown = sorted(set(spec) - {f.name for f in fields(Column)})
+        if unknown:
+            raise ConfigError(f"{at}: unknown field(s) {unknown}")
+        if spec.get("type") not in COLUMN_TYPES:
+            raise ConfigError(f"{at}: type {spec.get('type')!r} is not one of {list(COLUMN_TYPES)}")
+        if spec.get("role") not in ROLES:
+            raise ConfigError(f"{at}: role {spec.get('role')!r} is not one of {list(ROLES)}")
+        if spec["name"] in seen:
+            raise ConfigError(f"{at}: declared twice")
+        seen.add(spec["name"])
+        if spec["type"] == "category" and not spec.get("values"):
+            raise ConfigError(f"{at}: a category column needs its list of `values`")
+        values = tuple(spec["values"]) if spec.get("values") is not None else None
+        columns.append(Column(**{**spec, "values": values}))
+    for role in ("key", "timestamp", "target"):
+        count = sum(c.role == role for c in columns)
+        if count != 1:
+            raise ConfigError(f"{where}: expected exactly one column with role {role!r}, found {count}")
+    if not any(c.role == "feature" for c in columns):
+        raise ConfigError(f"{where}: no column has role 'feature'")
+    unknown = sorted(set(data) - {"name", "columns", "min_rows"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level field(s) {unknown}")
+    return DatasetContract(name=str(data.get("name", "dataset")), columns=tuple(columns),
+                           min_rows=int(data.get("min_rows", 1)))
+
+
+def load_contract(config_dir: Path | None = None) -> DatasetContract:
+    """Load ``dataset.yaml`` from the config folder (``CT_CONFIG_DIR``)."""
+    path = (config_dir or load_settings().config_dir) / "dataset.yaml"
+    return parse_contract(_read_yaml(path), where=str(path))
+
+
+def load_policy(config_dir: Path | None = None) -> Policy:
+    """Load ``policy.yaml``; ``CT_MODEL_NAME`` and ``CT_ALERT_TO`` (comma-separated) override it."""
+    path = (config_dir or load_settings().config_dir) / "policy.yaml"
+    data = _read_yaml(path)
+    sections = {"model": ModelPolicy, "training": TrainingPolicy, "gate": GatePolicy,
+                "drift": DriftPolicy, "alerts": AlertPolicy}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; expected {sorted(sections)}")
+    built = {key: _build(cls, data.get(key), f"{path}: {key}") for key, cls in sections.items()}
+    if os.environ.get("CT_MODEL_NAME"):
+        built["model"] = ModelPolicy(name=os.environ["CT_MODEL_NAME"], params=built["model"].params)
+    if os.environ.get("CT_ALERT_TO"):
+        to = tuple(a.strip() for a in os.environ["CT_ALERT_TO"].split(",") if a.strip())
+        built["alerts"] = AlertPolicy(on_call=to, from_email=built["alerts"].from_email)
+    return Policy(**built)
