@@ -1,0 +1,161 @@
+"""
+# Train: training set → challenger → gate → registry → champion
+
+Trains a challenger on a snapshot of the validated partitions, compares it with the serving
+champion **on the same holdout**, and promotes it only if it passes the gate.
+
+| step | what it does |
+| --- | --- |
+| `build_training_set` | newest *window_days* validated partitions → snapshot (partition list + content hash) |
+| `should_train` | skips the run when there is nothing new to learn (see below) |
+| `train_challenger` | scikit-learn pipeline, logged to MLflow with params, metrics, the dataset as input and a drift reference sample |
+| `evaluate` | challenger **and** champion scored on the newest held-out days; HTML evaluation report in the run |
+| `gate` | absolute floor **and** no regression against the champion (`include/config/policy.yaml`, `gate:`) |
+| `register` | MLflow model version with lineage tags (training-set hash, DAG run, git commit, verdict), alias `challenger` |
+| `deploy` | smoke test, move alias `champion`, wait until the endpoint serves it; restores the previous champion if not |
+| `notify_gate_blocked` | mails on-call why the challenger was refused |
+
+## When it runs
+* On every new **validated_applications** Asset event. Such runs train only when the first model can be
+  built (`training.min_partitions`) or enough new days arrived (`training.refresh_after_new_partitions`).
+* When the **monitor** DAG finds drift (conf carries the reason and the drift report).
+* **Manually** with the form: a *reason*, the *training window* and *force* (train even on the champion's
+  own training set and skip the no-regression rule; the floor always holds).
+
+Re-running or clearing any task is safe: the same training set in the same run reuses its MLflow run,
+and a run is registered at most once (no second model version).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+from continuous_training.alert import OnCallNotifier
+from continuous_training.assets import VALIDATED_DATA
+
+
+@dag(
+    dag_id="train",
+    schedule=VALIDATED_DATA,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["continuous-training", "model"],
+    doc_md=__doc__,
+    default_args={
+        "owner": "ml-platform",
+        "retries": 1,
+        "retry_delay": pendulum.duration(minutes=1),
+        "on_failure_callback": OnCallNotifier(),
+    },
+    params={
+        "reason": Param(
+            "manual",
+            type="string",
+            minLength=1,
+            title="Reason",
+            description="Why this model is trained; recorded on the MLflow run and the model version.",
+        ),
+        "window_days": Param(
+            None,
+            type=["null", "integer"],
+            minimum=2,
+            maximum=3650,
+            title="Training window (days)",
+            description="Newest validated daily partitions to use. Empty: training.window_days of policy.yaml.",
+        ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Force",
+            description="Train even if nothing changed and skip the no-regression rule (never the floor).",
+        ),
+        "drift_report": Param(
+            "",
+            type="string",
+            title="Drift report",
+            description="Set by the monitor DAG: the drift report that triggered this run.",
+        ),
+        "drifted_columns": Param(
+            [],
+            type="array",
+            title="Drifted columns",
+            description="Set by the monitor DAG: the columns found drifting.",
+        ),
+    },
+)
+def train() -> None:
+    @task
+    def build_training_set(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Snapshot the newest validated partitions (list + content hash)."""
+        from continuous_training import steps
+
+        return steps.build_training_set((params or {}).get("window_days"))
+
+    @task.short_circuit
+    def should_train(
+        training_set: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None
+    ) -> bool:
+        """Skip the rest when there is nothing new to learn (the reason is in the log)."""
+        from continuous_training import steps
+
+        return steps.should_train(training_set, steps.run_reason(params, dag_run), bool((params or {}).get("force")))
+
+    @task
+    def train_challenger(
+        training_set: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None
+    ) -> dict[str, Any]:
+        """Fit the pipeline and log it to MLflow (reused if this run already trained this set)."""
+        from continuous_training import steps
+
+        return steps.train_challenger(training_set, steps.run_reason(params, dag_run), steps.lineage(dag_run), params)
+
+    @task
+    def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
+        """Score challenger and champion on the same holdout."""
+        from continuous_training import steps
+
+        return steps.evaluate(trained["run_id"])
+
+    @task.branch
+    def gate(evaluation: dict[str, Any], params: dict[str, Any] | None = None) -> str:
+        """Floor and no-regression rules; the verdict is recorded on the MLflow run."""
+        from continuous_training import steps
+
+        verdict = steps.gate(evaluation, bool((params or {}).get("force")))
+        return "register" if verdict["passed"] else "notify_gate_blocked"
+
+    @task
+    def register(evaluation: dict[str, Any], dag_run: Any = None) -> dict[str, Any]:
+        """Register the challenger as a model version with lineage tags (once per MLflow run)."""
+        from continuous_training import steps
+
+        return steps.register(evaluation["run_id"], steps.lineage(dag_run))
+
+    @task
+    def deploy(registered: dict[str, Any], dag_run: Any = None) -> dict[str, Any]:
+        """Smoke-test the version, make it `champion` and wait until the endpoint serves it."""
+        from continuous_training import steps
+
+        return steps.deploy(registered, steps.lineage(dag_run))
+
+    @task
+    def notify_gate_blocked(evaluation: dict[str, Any], dag_run: Any = None) -> bool:
+        """Mail on-call why the challenger was refused."""
+        from continuous_training import steps
+
+        return steps.notify_gate_blocked(evaluation["run_id"], steps.lineage(dag_run))
+
+    training_set = build_training_set()
+    trained = train_challenger(training_set)
+    should_train(training_set) >> trained
+    evaluation = evaluate(trained)
+    registered = register(evaluation)
+    gate(evaluation) >> [registered, notify_gate_blocked(evaluation)]
+    deploy(registered)
+
+
+train()

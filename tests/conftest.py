@@ -1,0 +1,49 @@
+"""Test isolation: every test session gets its own CT_HOME, ports and Airflow home/DB.
+
+This runs before any test module imports Airflow, so Airflow reads these settings and never touches a
+demo stack left running (a live scheduler would also run a ``dag.test()`` run's tasks).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _isolate() -> Path:
+    home = Path(tempfile.mkdtemp(prefix="ct-test-"))
+    airflow_home = home / "airflow"
+    airflow_home.mkdir()
+    env = {
+        "CT_HOME": str(home),
+        "CT_LAKE": str(home / "lake"),
+        "CT_CONFIG_DIR": str(REPO / "include" / "config"),
+        "CT_AIRFLOW_PORT": str(free_port()),
+        "CT_MLFLOW_PORT": str(free_port()),
+        "CT_ENDPOINT_PORT": str(free_port()),
+        "CT_SMTP_PORT": str(free_port()),
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "PYTHONPYCACHEPREFIX": os.environ.get("PYTHONPYCACHEPREFIX") or str(REPO / ".ct" / "pycache"),
+    }
+    for key in [k for k in os.environ if k.startswith(("CT_", "AIRFLOW_CONN_", "MLFLOW_"))]:
+        del os.environ[key]
+    os.environ.update(env)
+    return home
+
+
+TEST_HOME = _isolate()

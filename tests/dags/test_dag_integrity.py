@@ -1,0 +1,122 @@
+"""DAG integrity: imports, required settings, task graphs, params, and no heavy import at parse time."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_FILES = sorted((REPO / "dags").glob("*.py"))
+HEAVY = ("pandas", "numpy", "sklearn", "mlflow", "evidently", "great_expectations", "pyarrow", "scipy")
+
+EXPECTED_GRAPH = {
+    "ingest": {
+        "stage_partition": {"validate_partition"},
+        "validate_partition": {"route", "publish", "quarantine"},
+        "route": {"publish", "quarantine"},
+        "publish": set(),
+        "quarantine": set(),
+    },
+    "train": {
+        "build_training_set": {"should_train", "train_challenger"},
+        "should_train": {"train_challenger"},
+        "train_challenger": {"evaluate"},
+        "evaluate": {"gate", "register", "notify_gate_blocked"},
+        "gate": {"register", "notify_gate_blocked"},
+        "register": {"deploy"},
+        "deploy": set(),
+        "notify_gate_blocked": set(),
+    },
+    "monitor": {
+        "collect_served": {"enough_rows", "compute_drift"},
+        "enough_rows": {"compute_drift"},
+        "compute_drift": {"drift_found", "alert_on_call", "retrain_due"},
+        "drift_found": {"alert_on_call", "retrain_due"},
+        "alert_on_call": set(),
+        "retrain_due": {"trigger_train"},
+        "trigger_train": set(),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == set(EXPECTED_GRAPH)
+
+
+def test_one_dag_per_file_named_after_it(dagbag):
+    for dag_id in dagbag.dag_ids:
+        assert Path(dagbag.dags[dag_id].fileloc).stem == dag_id
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_GRAPH))
+def test_required_settings(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    assert dag.schedule is not None, "every DAG is scheduled (time or Asset)"
+    assert dag.start_date is not None and dag.start_date.utcoffset().total_seconds() == 0
+    assert dag.catchup is False
+    assert dag.max_active_runs >= 1
+    assert "continuous-training" in dag.tags
+    assert dag.doc_md and dag.doc_md.lstrip().startswith("#") and len(dag.doc_md) > 300
+    for task in dag.tasks:
+        assert task.owner == "ml-platform", task.task_id
+        assert task.retries >= 1, task.task_id
+        callbacks = task.on_failure_callback
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        assert any(type(cb).__name__ == "OnCallNotifier" for cb in callbacks), task.task_id
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_GRAPH))
+def test_task_graph(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    graph = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert graph == EXPECTED_GRAPH[dag_id]
+    assert dag.topological_sort()  # no cycle
+
+
+def test_train_params_form(dagbag):
+    params = dagbag.dags["train"].params
+    assert set(params.keys()) == {"reason", "window_days", "force", "drift_report", "drifted_columns"}
+    assert params.get_param("force").schema["type"] == "boolean"
+    assert params.get_param("window_days").schema["type"] == ["null", "integer"]
+    assert params["reason"] == "manual"
+
+
+def test_train_param_validation_refuses_bad_values(dagbag):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    params = copy.deepcopy(dagbag.dags["train"].params)
+    with pytest.raises(ParamValidationError):
+        params["window_days"] = 1  # below the minimum of 2
+    with pytest.raises(ParamValidationError):
+        params["force"] = "yes"
+    params["window_days"] = 14
+    assert params.validate()["window_days"] == 14
+
+
+def test_schedules(dagbag):
+    assert "validated_applications" in str(dagbag.dags["train"].schedule)
+    assert type(dagbag.dags["ingest"].timetable).__name__ == "CronDataIntervalTimetable"
+    assert type(dagbag.dags["monitor"].timetable).__name__ == "CronTriggerTimetable"
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
+def test_parsing_imports_nothing_heavy(dag_file):
+    code = (
+        "import sys, runpy; import airflow.sdk; runpy.run_path(sys.argv[1]); "
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(dag_file)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1:] in ([], [""]), f"{dag_file.name} imports {out.stdout.strip()}"
