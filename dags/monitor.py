@@ -27,7 +27,7 @@ import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
-from continuous_training.alert import OnCallNotifier
+from continuous_training.dag_defaults import default_args
 
 
 @dag(
@@ -38,12 +38,7 @@ from continuous_training.alert import OnCallNotifier
     max_active_runs=1,
     tags=["continuous-training", "monitoring"],
     doc_md=__doc__,
-    default_args={
-        "owner": "ml-platform",
-        "retries": 1,
-        "retry_delay": pendulum.duration(minutes=1),
-        "on_failure_callback": OnCallNotifier(),
-    },
+    default_args=default_args(),
     params={
         "window_start": Param(
             None,
@@ -103,11 +98,11 @@ def monitor() -> None:
         return steps.alert_drift(drift, run_id or "manual")
 
     @task.short_circuit
-    def retrain_due(drift: dict[str, Any], run_id: str | None = None) -> dict[str, Any] | None:
+    def retrain_due(drift: dict[str, Any], run_id: str | None = None, dag_run: Any = None) -> dict[str, Any] | None:
         """Policy and cooldown: returns the conf for the train DAG, or nothing to skip the trigger."""
         from continuous_training import steps
 
-        return steps.retrain_due(drift, run_id or "manual")
+        return steps.retrain_due(drift, run_id or "manual", getattr(dag_run, "run_after", None))
 
     collected = collect_served()
     drift = compute_drift(collected)

@@ -113,7 +113,7 @@ class DriftPolicy:
     num_method: str = "wasserstein"
     cat_method: str = "jensenshannon"
     threshold: float = 0.1
-    min_rows: int = 500
+    min_rows: int = 2000
     min_drifted_columns: int = 1
     window_hours: float = 24
     cooldown_hours: float = 6
@@ -213,8 +213,9 @@ def parse_contract(data: dict[str, Any], where: str = "dataset.yaml") -> Dataset
     unknown = sorted(set(data) - {"name", "columns", "min_rows"})
     if unknown:
         raise ConfigError(f"{where}: unknown top-level field(s) {unknown}")
-    return DatasetContract(name=str(data.get("name", "dataset")), columns=tuple(columns),
-                           min_rows=int(data.get("min_rows", 1)))
+    return DatasetContract(
+        name=str(data.get("name", "dataset")), columns=tuple(columns), min_rows=int(data.get("min_rows", 1))
+    )
 
 
 def load_contract(config_dir: Path | None = None) -> DatasetContract:
@@ -227,8 +228,13 @@ def load_policy(config_dir: Path | None = None) -> Policy:
     """Load ``policy.yaml``; ``CT_MODEL_NAME`` and ``CT_ALERT_TO`` (comma-separated) override it."""
     path = (config_dir or load_settings().config_dir) / "policy.yaml"
     data = _read_yaml(path)
-    sections = {"model": ModelPolicy, "training": TrainingPolicy, "gate": GatePolicy,
-                "drift": DriftPolicy, "alerts": AlertPolicy}
+    sections = {
+        "model": ModelPolicy,
+        "training": TrainingPolicy,
+        "gate": GatePolicy,
+        "drift": DriftPolicy,
+        "alerts": AlertPolicy,
+    }
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; expected {sorted(sections)}")

@@ -291,7 +291,14 @@ def _to_utc(value: datetime) -> datetime:
         value = value.replace(tzinfo=UTC)
     value = value.astimezone(UTC)
     return datetime(
-        value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond, tzinfo=UTC
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+        tzinfo=UTC,
     )
 
 
@@ -331,7 +338,10 @@ def retrain_decision(
         scores = {c: s for c, s in drift.get("scores", {}).items() if s is not None}
         top = max(scores, key=scores.__getitem__) if scores else None
         highest = f"; highest {top}={scores[top]:.3f}" if top else ""
-        return {"retrain": False, "why": f"no drift: no feature column reached threshold {threshold}{highest}"}
+        return {
+            "retrain": False,
+            "why": f"no drift: no feature column reached threshold {threshold}{highest}",
+        }
     described = f"{len(drifted)} column(s) drifted (>= {threshold}): {_fmt_scores(drift, drifted)}"
     if len(drifted) < policy.min_drifted_columns:
         return {

@@ -74,7 +74,12 @@ def validate_partition(staged: dict[str, Any]) -> dict[str, Any]:
     summary = {k: outcome.get(k) for k in ("success", "day", "sha256", "rows", "evaluated", "parse_errors")}
     summary["failed"] = [{k: v for k, v in f.items() if k != "kwargs"} for f in outcome["failed"]]
     summary["result_path"] = str(record)
-    log.info("Validation of %s: success=%s, %d failed expectation(s)", day, outcome["success"], len(outcome["failed"]))
+    log.info(
+        "Validation of %s: success=%s, %d failed expectation(s)",
+        day,
+        outcome["success"],
+        len(outcome["failed"]),
+    )
     return summary
 
 
@@ -195,7 +200,9 @@ def gate(evaluation: dict[str, Any], force: bool) -> dict[str, Any]:
     """Apply the gate and record the verdict on the challenger's MLflow run (tag ``ct.gate_verdict``)."""
     from continuous_training.evaluate import gate_verdict
 
-    verdict = gate_verdict(evaluation["challenger"], evaluation.get("champion"), load_policy().gate, force=force)
+    verdict = gate_verdict(
+        evaluation["challenger"], evaluation.get("champion"), load_policy().gate, force=force
+    )
     if evaluation.get("champion_error"):
         verdict["reasons"].append(f"the champion could not be evaluated: {evaluation['champion_error']}")
     verdict["champion_version"] = evaluation.get("champion_version")
@@ -265,8 +272,9 @@ def notify_gate_blocked(run_id: str, lineage: dict[str, str]) -> bool:
         )
         + "<p>To promote it anyway (never below the floor), trigger <code>train</code> with <i>force</i>.</p>"
     )
-    return send_alert(f"gate-blocked/{run_id}", f"Gate blocked challenger (run {run_id[:8]})", body,
-                      details=verdict)
+    return send_alert(
+        f"gate-blocked/{run_id}", f"Gate blocked challenger (run {run_id[:8]})", body, details=verdict
+    )
 
 
 # -------------------------------------------------------------------------------------------- monitor
@@ -308,8 +316,11 @@ def collect_served(params: dict[str, Any], dag_run: Any) -> dict[str, Any]:
 
 def enough_rows(collected: dict[str, Any]) -> bool:
     if collected["rows"] < collected["min_rows"]:
-        log.info("Only %d served rows in the window (drift.min_rows is %d): not judged",
-                 collected["rows"], collected["min_rows"])
+        log.info(
+            "Only %d served rows in the window (drift.min_rows is %d): not judged",
+            collected["rows"],
+            collected["min_rows"],
+        )
         return False
     return True
 
@@ -357,7 +368,7 @@ def alert_drift(drift: dict[str, Any], run_id: str) -> bool:
     )
 
 
-def retrain_due(drift: dict[str, Any], run_id: str) -> dict[str, Any] | None:
+def retrain_due(drift: dict[str, Any], run_id: str, run_after: datetime | None = None) -> dict[str, Any] | None:
     """Conf for the ``train`` DAG if retraining is due (policy + cooldown), else None."""
     from continuous_training.monitor import last_retrain_trigger, record_retrain_trigger, retrain_decision
 
@@ -371,7 +382,8 @@ def retrain_due(drift: dict[str, Any], run_id: str) -> dict[str, Any] | None:
     if ledger.exists() and any(e.get("monitor_run_id") == run_id for e in read_json(ledger)):
         log.info("This run already decided to retrain (ledger %s): same trigger again", ledger)
         return conf
-    now = datetime.now(UTC)
+    # The run's own time, not the wall clock: re-running an old monitor run judges the cooldown as it was.
+    now = run_after or datetime.now(UTC)
     decision = retrain_decision(drift, policy.drift, last_trigger_at=last_retrain_trigger(lake), now=now)
     log.info("Retrain? %s: %s", decision["retrain"], decision["why"])
     if not decision["retrain"]:

@@ -7,7 +7,7 @@ Evidently costs ~10 s to import, so the reports are computed once per module (mo
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from continuous_training.monitor import (
     retrain_decision,
     window_bounds,
 )
+from continuous_training.simulate import DRIFT_COLUMNS, SimulatorConfig, generate_day
 from continuous_training.storage import Lake
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "include" / "config"
@@ -194,11 +195,47 @@ def test_compute_drift_is_idempotent(
 ) -> None:
     report_dir = Path(drifted_result["report_html"]).parent
     again = compute_drift(
-        reference, _served(contract, seed=2, drifted=True), contract=contract, policy=POLICY,
-        report_dir=report_dir, title="drifted window",
+        reference,
+        _served(contract, seed=2, drifted=True),
+        contract=contract,
+        policy=POLICY,
+        report_dir=report_dir,
+        title="drifted window",
     )
     assert again == drifted_result
-    assert sorted(p.name for p in report_dir.iterdir()) == ["drift_report.html", "drift_report.json", "summary.json"]
+    assert sorted(p.name for p in report_dir.iterdir()) == [
+        "drift_report.html",
+        "drift_report.json",
+        "summary.json",
+    ]
+
+
+def test_small_reference_keeps_the_pinned_methods(contract: DatasetContract, tmp_path: Path) -> None:
+    # At <= 1,000 reference rows Evidently's defaults switch to KS / chi-square; the policy's methods stay.
+    small = _reference(contract, n=300)
+    result = compute_drift(
+        small,
+        _served(contract, seed=6, drifted=True, n=300),
+        contract=contract,
+        policy=POLICY,
+        report_dir=tmp_path,
+    )
+    report = json.loads(Path(result["report_json"]).read_text())
+    methods = {
+        m["config"]["column"]: m["config"]["method"] for m in report["metrics"] if m["config"].get("column")
+    }
+    assert {methods[c] for c in contract.numeric_features} == {"wasserstein"}
+    assert {methods[c] for c in contract.categorical_features} == {"jensenshannon"}
+    assert set(INJECTED) <= set(result["drifted_columns"])
+
+
+def test_simulated_covariate_shift_is_found_exactly(contract: DatasetContract, tmp_path: Path) -> None:
+    # The simulator's own truth: drift on DRIFT_COLUMNS from drift_from, nothing else.
+    config = SimulatorConfig(rows_per_day=5000, drift_from=date(2026, 3, 4))
+    reference = generate_day(date(2026, 3, 2), config, contract)  # a Monday before the shift
+    current = generate_day(date(2026, 3, 4), config, contract)  # the Wednesday it starts
+    result = compute_drift(reference, current, contract=contract, policy=POLICY, report_dir=tmp_path)
+    assert result["drifted_columns"] == sorted(DRIFT_COLUMNS)
 
 
 def test_missing_feature_columns_are_named(contract: DatasetContract, tmp_path: Path) -> None:
@@ -240,30 +277,56 @@ def _drift(columns: list[str], rows: int = 5000) -> dict:
 @pytest.mark.parametrize(
     ("drift", "policy", "last", "retrain", "why_has"),
     [
-        pytest.param(_drift([]), DECISION_POLICY, None, False, ["no drift", "credit_score=0.040"], id="no-drift"),
         pytest.param(
-            _drift(["credit_score", "loan_purpose"]), DECISION_POLICY, None, True,
-            ["2 column(s)", "credit_score=0.350", "loan_purpose=0.350"], id="drift-first-ever",
+            _drift([]), DECISION_POLICY, None, False, ["no drift", "credit_score=0.040"], id="no-drift"
         ),
         pytest.param(
-            _drift(["credit_score"]), DECISION_POLICY, NOW - timedelta(hours=2), False,
-            ["credit_score=0.350", "cooldown until 2026-03-01T16:00:00+00:00"], id="drift-within-cooldown",
+            _drift(["credit_score", "loan_purpose"]),
+            DECISION_POLICY,
+            None,
+            True,
+            ["2 column(s)", "credit_score=0.350", "loan_purpose=0.350"],
+            id="drift-first-ever",
         ),
         pytest.param(
-            _drift(["credit_score"]), DECISION_POLICY, NOW - timedelta(hours=6), True,
-            ["credit_score=0.350"], id="drift-cooldown-just-over",
+            _drift(["credit_score"]),
+            DECISION_POLICY,
+            NOW - timedelta(hours=2),
+            False,
+            ["credit_score=0.350", "cooldown until 2026-03-01T16:00:00+00:00"],
+            id="drift-within-cooldown",
         ),
         pytest.param(
-            _drift(["credit_score"]), DECISION_POLICY, NOW - timedelta(hours=30), True,
-            ["1 column(s)"], id="drift-after-cooldown",
+            _drift(["credit_score"]),
+            DECISION_POLICY,
+            NOW - timedelta(hours=6),
+            True,
+            ["credit_score=0.350"],
+            id="drift-cooldown-just-over",
         ),
         pytest.param(
-            _drift(["credit_score"]), DriftPolicy(min_drifted_columns=2), None, False,
-            ["credit_score=0.350", "below drift.min_drifted_columns=2"], id="below-min-drifted-columns",
+            _drift(["credit_score"]),
+            DECISION_POLICY,
+            NOW - timedelta(hours=30),
+            True,
+            ["1 column(s)"],
+            id="drift-after-cooldown",
         ),
         pytest.param(
-            _drift(["credit_score"], rows=120), DECISION_POLICY, None, False,
-            ["only 120 served rows", "min_rows is 500"], id="too-few-rows",
+            _drift(["credit_score"]),
+            DriftPolicy(min_drifted_columns=2),
+            None,
+            False,
+            ["credit_score=0.350", "below drift.min_drifted_columns=2"],
+            id="below-min-drifted-columns",
+        ),
+        pytest.param(
+            _drift(["credit_score"], rows=120),
+            DECISION_POLICY,
+            None,
+            False,
+            ["only 120 served rows", "min_rows is 500"],
+            id="too-few-rows",
         ),
     ],
 )
@@ -296,8 +359,9 @@ def test_ledger_is_idempotent_per_monitor_run(tmp_path: Path) -> None:
     first = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)
     record_retrain_trigger(lake, "scheduled__2026-03-01T06:00:00+00:00", first, _drift(["age"]))
     # A retry of the same run, later and with other columns, changes nothing.
-    record_retrain_trigger(lake, "scheduled__2026-03-01T06:00:00+00:00", first + timedelta(hours=1),
-                           _drift(["region"]))
+    record_retrain_trigger(
+        lake, "scheduled__2026-03-01T06:00:00+00:00", first + timedelta(hours=1), _drift(["region"])
+    )
     ledger = lake.root / "monitoring" / "retrain_triggers.json"
     entries = json.loads(ledger.read_text())
     assert len(entries) == 1
@@ -328,22 +392,70 @@ RUN_AFTER = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 @pytest.mark.parametrize(
     ("run_after", "start", "end", "hours", "expected"),
     [
-        pytest.param(RUN_AFTER, None, None, 24, ("2026-02-28T12:00:00+00:00", "2026-03-01T12:00:00+00:00"),
-                     id="default-window"),
-        pytest.param(RUN_AFTER, "", "", 6, ("2026-03-01T06:00:00+00:00", "2026-03-01T12:00:00+00:00"),
-                     id="empty-params-are-missing"),
-        pytest.param(RUN_AFTER, "2026-02-01T00:00:00Z", "2026-02-03T00:00:00+00:00", 24,
-                     ("2026-02-01T00:00:00+00:00", "2026-02-03T00:00:00+00:00"), id="explicit-bounds-win"),
-        pytest.param(RUN_AFTER, "2026-02-01T02:00:00+02:00", "2026-02-01T12:00:00", 24,
-                     ("2026-02-01T00:00:00+00:00", "2026-02-01T12:00:00+00:00"), id="offset-and-naive-to-utc"),
-        pytest.param(RUN_AFTER, "2026-03-01T00:00:00+00:00", None, 24,
-                     ("2026-03-01T00:00:00+00:00", "2026-03-01T12:00:00+00:00"), id="start-only-ends-at-run"),
-        pytest.param(RUN_AFTER, None, "2026-02-10", 12,
-                     ("2026-02-09T12:00:00+00:00", "2026-02-10T00:00:00+00:00"), id="end-only"),
-        pytest.param(datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))), None, None, 1,
-                     ("2026-03-01T11:00:00+00:00", "2026-03-01T12:00:00+00:00"), id="run-after-in-offset"),
-        pytest.param(datetime(2026, 3, 1, 12, 0), None, None, 0.5,
-                     ("2026-03-01T11:30:00+00:00", "2026-03-01T12:00:00+00:00"), id="naive-run-after-is-utc"),
+        pytest.param(
+            RUN_AFTER,
+            None,
+            None,
+            24,
+            ("2026-02-28T12:00:00+00:00", "2026-03-01T12:00:00+00:00"),
+            id="default-window",
+        ),
+        pytest.param(
+            RUN_AFTER,
+            "",
+            "",
+            6,
+            ("2026-03-01T06:00:00+00:00", "2026-03-01T12:00:00+00:00"),
+            id="empty-params-are-missing",
+        ),
+        pytest.param(
+            RUN_AFTER,
+            "2026-02-01T00:00:00Z",
+            "2026-02-03T00:00:00+00:00",
+            24,
+            ("2026-02-01T00:00:00+00:00", "2026-02-03T00:00:00+00:00"),
+            id="explicit-bounds-win",
+        ),
+        pytest.param(
+            RUN_AFTER,
+            "2026-02-01T02:00:00+02:00",
+            "2026-02-01T12:00:00",
+            24,
+            ("2026-02-01T00:00:00+00:00", "2026-02-01T12:00:00+00:00"),
+            id="offset-and-naive-to-utc",
+        ),
+        pytest.param(
+            RUN_AFTER,
+            "2026-03-01T00:00:00+00:00",
+            None,
+            24,
+            ("2026-03-01T00:00:00+00:00", "2026-03-01T12:00:00+00:00"),
+            id="start-only-ends-at-run",
+        ),
+        pytest.param(
+            RUN_AFTER,
+            None,
+            "2026-02-10",
+            12,
+            ("2026-02-09T12:00:00+00:00", "2026-02-10T00:00:00+00:00"),
+            id="end-only",
+        ),
+        pytest.param(
+            datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))),
+            None,
+            None,
+            1,
+            ("2026-03-01T11:00:00+00:00", "2026-03-01T12:00:00+00:00"),
+            id="run-after-in-offset",
+        ),
+        pytest.param(
+            datetime(2026, 3, 1, 12, 0),
+            None,
+            None,
+            0.5,
+            ("2026-03-01T11:30:00+00:00", "2026-03-01T12:00:00+00:00"),
+            id="naive-run-after-is-utc",
+        ),
     ],
 )
 def test_window_bounds(
@@ -351,7 +463,8 @@ def test_window_bounds(
 ) -> None:
     lo, hi = window_bounds(run_after, window_start=start, window_end=end, window_hours=hours)
     assert (lo.isoformat(), hi.isoformat()) == expected
-    assert lo.tzinfo is UTC and hi.tzinfo is UTC
+    assert lo.tzinfo is UTC
+    assert hi.tzinfo is UTC
 
 
 @pytest.mark.parametrize(
@@ -359,11 +472,14 @@ def test_window_bounds(
     [
         pytest.param("yesterday", None, 24, "param window_start='yesterday'", id="bad-start"),
         pytest.param(None, "2026-13-01", 24, "param window_end='2026-13-01'", id="bad-end"),
-        pytest.param("2026-03-01T00:00:00Z", "2026-02-01T00:00:00Z", 24, "start must be before end",
-                     id="reversed"),
+        pytest.param(
+            "2026-03-01T00:00:00Z", "2026-02-01T00:00:00Z", 24, "start must be before end", id="reversed"
+        ),
         pytest.param(None, None, 0, "window_hours=0", id="zero-hours"),
     ],
 )
-def test_window_bounds_rejects_bad_input(start: str | None, end: str | None, hours: float, match: str) -> None:
+def test_window_bounds_rejects_bad_input(
+    start: str | None, end: str | None, hours: float, match: str
+) -> None:
     with pytest.raises(ValueError, match=match):
         window_bounds(RUN_AFTER, window_start=start, window_end=end, window_hours=hours)
