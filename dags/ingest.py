@@ -25,8 +25,8 @@ from typing import Any
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from continuous_training.alert import OnCallNotifier
 from continuous_training.assets import VALIDATED_DATA
+from continuous_training.dag_defaults import default_args
 
 
 @dag(
@@ -37,12 +37,7 @@ from continuous_training.assets import VALIDATED_DATA
     max_active_runs=4,
     tags=["continuous-training", "data"],
     doc_md=__doc__,
-    default_args={
-        "owner": "ml-platform",
-        "retries": 1,
-        "retry_delay": pendulum.duration(minutes=1),
-        "on_failure_callback": OnCallNotifier(),
-    },
+    default_args=default_args(),
     params={
         "day": Param(
             None,
@@ -55,7 +50,9 @@ from continuous_training.assets import VALIDATED_DATA
 )
 def ingest() -> None:
     @task
-    def stage_partition(params: dict[str, Any] | None = None, data_interval_start: Any = None) -> dict[str, Any]:
+    def stage_partition(
+        params: dict[str, Any] | None = None, data_interval_start: Any = None
+    ) -> dict[str, Any]:
         """Canonicalise the day's landing files into the immutable raw partition."""
         from continuous_training import steps
 

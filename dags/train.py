@@ -33,8 +33,8 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from continuous_training.alert import OnCallNotifier
 from continuous_training.assets import VALIDATED_DATA
+from continuous_training.dag_defaults import default_args
 
 
 @dag(
@@ -45,12 +45,7 @@ from continuous_training.assets import VALIDATED_DATA
     max_active_runs=1,
     tags=["continuous-training", "model"],
     doc_md=__doc__,
-    default_args={
-        "owner": "ml-platform",
-        "retries": 1,
-        "retry_delay": pendulum.duration(minutes=1),
-        "on_failure_callback": OnCallNotifier(),
-    },
+    default_args=default_args(),
     params={
         "reason": Param(
             "manual",
@@ -102,7 +97,9 @@ def train() -> None:
         """Skip the rest when there is nothing new to learn (the reason is in the log)."""
         from continuous_training import steps
 
-        return steps.should_train(training_set, steps.run_reason(params, dag_run), bool((params or {}).get("force")))
+        return steps.should_train(
+            training_set, steps.run_reason(params, dag_run), bool((params or {}).get("force"))
+        )
 
     @task
     def train_challenger(
@@ -111,7 +108,9 @@ def train() -> None:
         """Fit the pipeline and log it to MLflow (reused if this run already trained this set)."""
         from continuous_training import steps
 
-        return steps.train_challenger(training_set, steps.run_reason(params, dag_run), steps.lineage(dag_run), params)
+        return steps.train_challenger(
+            training_set, steps.run_reason(params, dag_run), steps.lineage(dag_run), params
+        )
 
     @task
     def evaluate(trained: dict[str, Any]) -> dict[str, Any]:

@@ -40,9 +40,16 @@ def _isolate() -> Path:
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "PYTHONPYCACHEPREFIX": os.environ.get("PYTHONPYCACHEPREFIX") or str(REPO / ".ct" / "pycache"),
     }
-    for key in [k for k in os.environ if k.startswith(("CT_", "AIRFLOW_CONN_", "MLFLOW_"))]:
+    for key in [k for k in os.environ if k.startswith(("CT_", "AIRFLOW", "MLFLOW_"))]:
         del os.environ[key]
     os.environ.update(env)
+    # The same Airflow settings as the embedded stack (secrets, SMTP connection, ...), under this home.
+    from continuous_training.settings import load_settings
+    from continuous_training.stack import airflow_env
+
+    os.environ.update(airflow_env(load_settings()))
+    # Tests see a failed task at once instead of waiting for its retry.
+    os.environ["CT_TASK_RETRIES"] = "0"
     return home
 
 

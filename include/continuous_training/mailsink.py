@@ -43,7 +43,7 @@ class _EmlHandler:
     def __init__(self, mail_dir: Path) -> None:
         self.mail_dir = mail_dir
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd hook name)
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw = envelope.original_content if envelope.original_content is not None else envelope.content
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         description="SMTP server on loopback storing each message as an .eml file.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8025, help="port to bind, 0 = any free port (default 8025)")
+    parser.add_argument(
+        "--port", type=int, default=8025, help="port to bind, 0 = any free port (default 8025)"
+    )
     parser.add_argument("--dir", required=True, type=Path, help="folder receiving the .eml files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

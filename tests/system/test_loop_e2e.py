@@ -1,0 +1,50 @@
+"""The whole loop with the real scheduler: ``ct demo`` on its own stack (``make test-e2e``, ~10 min).
+
+It starts every part of the embedded stack (Airflow api-server, scheduler, dag-processor, triggerer;
+MLflow; the endpoint; the SMTP sink) under the session's CT_HOME and ports, runs the demo's timeline
+through Airflow's REST API, checks the outcome, runs the demo again (harmless) and stops the stack.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from continuous_training.mailsink import read_mail
+from continuous_training.settings import load_settings
+from continuous_training.simulate import DRIFT_COLUMNS
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack():
+    from continuous_training.stack import stack_down
+
+    settings = load_settings()
+    yield settings
+    stack_down(settings)
+
+
+def test_demo_loop_with_the_scheduler(stack):
+    from continuous_training.demo import run_demo
+    from continuous_training.stack import stack_status
+
+    summary = run_demo(stack)
+
+    assert summary["champion_before"] is not None
+    assert int(summary["champion_after"]) > int(summary["champion_before"])
+    assert summary["endpoint_serves"] == summary["champion_after"]
+    assert summary["traffic"]["rows"] > 0
+    assert summary["traffic"]["failed_requests"] == 0
+    subjects = [m["Subject"] for m in read_mail(stack.mail_dir)]
+    assert sum("Bad data" in s for s in subjects) == 1
+    drift_mails = [s for s in subjects if "Drift in" in s]
+    assert len(drift_mails) == 1
+    for column in DRIFT_COLUMNS:
+        assert column in drift_mails[0]
+    assert len(summary["drift_reports"]) == 2  # the control window and the drifted one
+
+    again = run_demo(stack)
+    assert again["champion_after"] == summary["champion_after"]
+    assert len(read_mail(stack.mail_dir)) == len(subjects), "a second demo sends no mail"
+    assert all(part["running"] for part in stack_status(stack).values())
