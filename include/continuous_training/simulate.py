@@ -46,7 +46,7 @@ from continuous_training.storage import Lake
 log = logging.getLogger(__name__)
 
 #: The columns the covariate shift changes, and how (strength 1):
-#: ``interest_rate`` mean +2 points (a rate rise), ``revolving_utilization`` spread x1.5 around the same
+#: ``interest_rate`` mean +1.5 points (a rate rise), ``revolving_utilization`` spread x1.5 around the same
 #: mean (a change of scale, not of mean), ``savings_balance`` mixture weights (the share of applicants
 #: with almost no savings goes from 25% to 50%), ``application_channel`` shuffled probabilities with a
 #: rare level (broker) gaining weight. Nothing else is derived from these columns.
@@ -72,7 +72,15 @@ WEEKDAY_FACTORS: tuple[float, ...] = (1.10, 1.05, 1.00, 1.00, 0.90, 0.45, 0.30)
 TARGET = "defaulted"
 
 _HOME = ("RENT", "OWN", "MORTGAGE", "OTHER")
-_PURPOSE = ("debt_consolidation", "credit_card", "home_improvement", "car", "medical", "small_business", "other")
+_PURPOSE = (
+    "debt_consolidation",
+    "credit_card",
+    "home_improvement",
+    "car",
+    "medical",
+    "small_business",
+    "other",
+)
 _PURPOSE_P = (0.36, 0.20, 0.12, 0.13, 0.06, 0.05, 0.08)
 _EMPLOYMENT = ("salaried", "self_employed", "contract", "unemployed", "retired")
 _REGION = ("north", "south", "east", "west", "central")
@@ -84,7 +92,7 @@ _TERMS = (12, 24, 36, 48, 60, 72, 84)
 _TERMS_P = (0.08, 0.14, 0.34, 0.12, 0.22, 0.06, 0.04)
 
 # Covariate shift at strength 1 (see DRIFT_COLUMNS).
-_RATE_SHIFT = 2.0
+_RATE_SHIFT = 1.5
 _UTIL_MEAN = 0.42
 _UTIL_SCALE = 1.5
 _LOW_SAVINGS_P = 0.25
@@ -214,7 +222,7 @@ def _label_logit(f: dict[str, np.ndarray], concept_drift: bool) -> np.ndarray:
     loan_to_income = f["loan_amount"] / np.maximum(f["annual_income"], 1.0)
     precarious = np.isin(f["employment_type"], ("contract", "unemployed")).astype(float)
     logit = (
-        -2.05
+        -2.25
         + 0.012 * np.clip(660.0 - f["credit_score"], -80.0, 250.0)  # steep below ~660, flat above ~740
         + 0.9 * (f["credit_score"] < 580)
         + 0.30 * np.minimum(f["num_late_payments"], 6)
@@ -243,7 +251,9 @@ def _label_logit(f: dict[str, np.ndarray], concept_drift: bool) -> np.ndarray:
     return logit
 
 
-def generate_day(day: date | str, config: SimulatorConfig, contract: DatasetContract | None = None) -> pd.DataFrame:
+def generate_day(
+    day: date | str, config: SimulatorConfig, contract: DatasetContract | None = None
+) -> pd.DataFrame:
     """The day's clean, labelled applications, typed as :func:`frames.coerce_to_contract` types them.
 
     Args:
@@ -275,23 +285,38 @@ def generate_day(day: date | str, config: SimulatorConfig, contract: DatasetCont
     age = np.clip(np.round(18 + rng.gamma(3.2, 7.5, n)), 18, 100)
     # Employment depends on age (retirement); unconditional shares ~ 60/14/13/5/8 %.
     old = _sigmoid((age - 64.0) / 2.5)
-    emp_p = np.column_stack([0.66 * (1 - old), 0.15 * (1 - old) + 0.03 * old, 0.14 * (1 - old),
-                             0.05 * (1 - old) + 0.02 * old, 0.95 * old])
+    emp_p = np.column_stack(
+        [
+            0.66 * (1 - old),
+            0.15 * (1 - old) + 0.03 * old,
+            0.14 * (1 - old),
+            0.05 * (1 - old) + 0.02 * old,
+            0.95 * old,
+        ]
+    )
     employment = _pick(rng.random(n), _EMPLOYMENT, emp_p)
     tenure_share = rng.beta(2.0, 2.6, n)
     years_employed = np.where(employment == "unemployed", rng.exponential(0.4, n), (age - 18) * tenure_share)
     years_employed = np.clip(np.round(years_employed, 1), 0.0, 60.0)
-    credit_history = np.clip(np.round((age - 18) * rng.beta(5.0, 2.0, n) + rng.exponential(0.8, n), 1), 0.0, 80.0)
+    credit_history = np.clip(
+        np.round((age - 18) * rng.beta(5.0, 2.0, n) + rng.exponential(0.8, n), 1), 0.0, 80.0
+    )
 
     career = -0.00045 * (age - 50.0) ** 2
-    emp_effect = pd.Series(employment).map(
-        {"salaried": 0.0, "self_employed": 0.10, "contract": -0.12, "unemployed": -1.05, "retired": -0.35}
-    ).to_numpy(dtype=float)
+    emp_effect = (
+        pd.Series(employment)
+        .map(
+            {"salaried": 0.0, "self_employed": 0.10, "contract": -0.12, "unemployed": -1.05, "retired": -0.35}
+        )
+        .to_numpy(dtype=float)
+    )
     income = np.exp(11.05 + career + emp_effect + rng.normal(0.0, 0.42, n))
     income = np.clip(np.round(income, -1), 0.0, 2_000_000.0)
 
     z_credit = rng.normal(0.0, 1.0, n)
-    credit_score = np.round(672 + 58 * z_credit + 1.6 * np.minimum(credit_history, 30) - 16 + 6 * rng.normal(0, 1, n))
+    credit_score = np.round(
+        672 + 58 * z_credit + 1.6 * np.minimum(credit_history, 30) - 16 + 6 * rng.normal(0, 1, n)
+    )
     credit_score = np.clip(credit_score, 300, 850)
     cs = (credit_score - 680.0) / 60.0
     late = np.clip(rng.poisson(np.exp(-0.35 - 0.85 * cs)), 0, 60)
@@ -300,28 +325,43 @@ def generate_day(day: date | str, config: SimulatorConfig, contract: DatasetCont
     # Centred on z_credit (mean 0), so _UTIL_MEAN is the population mean the scale change keeps.
     utilization = _UTIL_MEAN - 0.08 * z_credit + rng.normal(0.0, 0.13, n)
 
-    home_logits = np.column_stack([
-        0.9 - 0.03 * (age - 40),  # RENT: the young
-        -1.2 + 0.045 * (age - 40),  # OWN outright: the old
-        0.4 + 0.9 * np.log(income / 60_000.0).clip(-2, 2),  # MORTGAGE: the well-paid
-        np.full(n, -2.8),  # OTHER
-    ])
+    home_logits = np.column_stack(
+        [
+            0.9 - 0.03 * (age - 40),  # RENT: the young
+            -1.2 + 0.045 * (age - 40),  # OWN outright: the old
+            0.4 + 0.9 * np.log(income / 60_000.0).clip(-2, 2),  # MORTGAGE: the well-paid
+            np.full(n, -2.8),  # OTHER
+        ]
+    )
     home_p = np.exp(home_logits)
     home = _pick(rng.random(n), _HOME, home_p)
     region = _pick(rng.random(n), _REGION, np.asarray(_REGION_P))
     purpose = _pick(rng.random(n), _PURPOSE, np.asarray(_PURPOSE_P))
-    term = np.asarray(_TERMS)[_pick(rng.random(n), tuple(str(i) for i in range(len(_TERMS))),
-                                    np.asarray(_TERMS_P)).astype(int)]
+    term = np.asarray(_TERMS)[
+        _pick(rng.random(n), tuple(str(i) for i in range(len(_TERMS))), np.asarray(_TERMS_P)).astype(int)
+    ]
 
-    purpose_size = pd.Series(purpose).map(
-        {"debt_consolidation": 1.0, "credit_card": 0.6, "home_improvement": 1.4, "car": 1.3, "medical": 0.5,
-         "small_business": 1.8, "other": 0.7}
-    ).to_numpy(dtype=float)
+    purpose_size = (
+        pd.Series(purpose)
+        .map(
+            {
+                "debt_consolidation": 1.0,
+                "credit_card": 0.6,
+                "home_improvement": 1.4,
+                "car": 1.3,
+                "medical": 0.5,
+                "small_business": 1.8,
+                "other": 0.7,
+            }
+        )
+        .to_numpy(dtype=float)
+    )
     loan_amount = income * 0.22 * purpose_size * rng.lognormal(0.0, 0.45, n)
     loan_amount = np.clip(np.round(loan_amount, -2), 500.0, 100_000.0)
 
-    dti_existing = rng.lognormal(np.log(0.24) + 0.10 * late.clip(0, 4) + 0.04 * (open_accounts - 6).clip(-4, 8) / 4,
-                                 0.45, n)
+    dti_existing = rng.lognormal(
+        np.log(0.24) + 0.10 * late.clip(0, 4) + 0.04 * (open_accounts - 6).clip(-4, 8) / 4, 0.45, n
+    )
     monthly_debt = np.clip(np.round(dti_existing * income / 12.0, 2), 0.0, 100_000.0)
     dti = np.clip(np.round(monthly_debt * 12.0 / np.maximum(income, 1.0), 4), 0.0, 3.0)
 
@@ -343,8 +383,9 @@ def generate_day(day: date | str, config: SimulatorConfig, contract: DatasetCont
     utilization = _UTIL_MEAN + (utilization - _UTIL_MEAN) * (1.0 + (_UTIL_SCALE - 1.0) * s)
     p_low = np.clip(_LOW_SAVINGS_P + (_LOW_SAVINGS_P_DRIFTED - _LOW_SAVINGS_P) * s, 0.0, 1.0)
     savings = np.where(low_savings_u < p_low, savings_low, savings_high)
-    channel_p = np.clip(np.asarray(_CHANNEL_P) + (np.asarray(_CHANNEL_P_DRIFTED) - np.asarray(_CHANNEL_P)) * s,
-                        1e-6, None)
+    channel_p = np.clip(
+        np.asarray(_CHANNEL_P) + (np.asarray(_CHANNEL_P_DRIFTED) - np.asarray(_CHANNEL_P)) * s, 1e-6, None
+    )
     channel = _pick(channel_u, _CHANNEL, channel_p)
 
     interest_rate = np.clip(np.round(interest_rate, 2), 0.0, 40.0)
@@ -384,3 +425,262 @@ def generate_day(day: date | str, config: SimulatorConfig, contract: DatasetCont
         if col.is_numeric and (col.min is not None or col.max is not None):
             df[col.name] = df[col.name].clip(lower=col.min, upper=col.max)
     return df[contract.column_names].astype(contract_dtypes(contract))
+
+
+def _feature_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c not in ("application_id", "applied_at", TARGET)]
+
+
+def _numeric_feature_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in _feature_columns(df) if pd.api.types.is_numeric_dtype(df[c].dtype)]
+
+
+def _some_rows(rng: np.random.Generator, n: int, share: float) -> np.ndarray:
+    """Positions of about ``share`` of ``n`` rows, at least one when there are rows."""
+    if n == 0:
+        return np.array([], dtype=int)
+    k = min(n, max(1, round(share * n)))
+    return np.sort(rng.choice(n, size=k, replace=False))
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """The CSV rendering of a typed column (what a source system would have written)."""
+    return values.astype(object).map(lambda v: str(v), na_action="ignore").where(values.notna(), None)
+
+
+def corrupt_batch(df: pd.DataFrame, kind: str, seed: int) -> pd.DataFrame:
+    """Apply one bad-batch defect to a clean frame, as a broken export would.
+
+    Args:
+        df: a clean frame (e.g. from :func:`generate_day`); it is not modified.
+        kind: one of :data:`BAD_BATCH_KINDS`:
+            ``missing_column`` drops one feature column; ``wrong_type`` writes text such as "n/a" or
+            "12k" into ~20% of one numeric column (the column becomes text); ``nulls`` blanks 5-10% of
+            two required feature columns; ``out_of_range`` sets some ages to 150 and -3 and some credit
+            scores to 1200; ``duplicates`` repeats ~5% of the rows (same ``application_id``);
+            ``empty_file`` keeps the header and no rows.
+        seed: seeds which columns and rows are hit.
+
+    Returns:
+        The corrupted copy.
+
+    Raises:
+        ValueError: ``kind`` is unknown, or the frame lacks the columns the defect needs.
+    """
+    if kind not in BAD_BATCH_KINDS:
+        raise ValueError(f"bad-batch kind {kind!r} is not one of {list(BAD_BATCH_KINDS)}")
+    rng = np.random.default_rng([seed, BAD_BATCH_KINDS.index(kind)])
+    out = df.copy()
+    n = len(out)
+    if kind == "missing_column":
+        column = str(rng.choice(_feature_columns(out)))
+        log.info("bad batch: dropping column %r", column)
+        return out.drop(columns=[column])
+    if kind == "wrong_type":
+        column = str(rng.choice(_numeric_feature_columns(out)))
+        rows = _some_rows(rng, n, 0.2)
+        text = _as_text(out[column])
+        text.iloc[rows] = rng.choice(["n/a", "12k", "unknown", "N/A", "1,200", "?"], size=len(rows))
+        out[column] = text
+        log.info("bad batch: %d text value(s) in numeric column %r", len(rows), column)
+        return out
+    if kind == "nulls":
+        columns = [str(c) for c in rng.choice(_feature_columns(out), size=2, replace=False)]
+        for column in columns:
+            rows = _some_rows(rng, n, float(rng.uniform(0.05, 0.10)))
+            if out[column].dtype == object:
+                out[column] = out[column].astype(object)
+                out.iloc[rows, out.columns.get_loc(column)] = None
+            else:
+                out.iloc[rows, out.columns.get_loc(column)] = (
+                    pd.NA if out[column].dtype == "Int64" else np.nan
+                )
+        log.info("bad batch: nulls in columns %s", columns)
+        return out
+    if kind == "out_of_range":
+        missing = [c for c in ("age", "credit_score") if c not in out.columns]
+        if missing:
+            raise ValueError(f"out_of_range needs the columns {missing}, which the frame lacks")
+        if n:
+            rows = rng.permutation(n)
+            k = max(1, round(0.01 * n))
+            out.iloc[rows[:k], out.columns.get_loc("age")] = 150
+            out.iloc[rows[k : 2 * k] if n > k else rows[:1], out.columns.get_loc("age")] = -3
+            out.iloc[rows[2 * k : 3 * k] if n > 2 * k else rows[-1:], out.columns.get_loc("credit_score")] = (
+                1200
+            )
+        log.info("bad batch: out-of-range ages and credit scores")
+        return out
+    if kind == "duplicates":
+        rows = _some_rows(rng, n, 0.05)
+        out = pd.concat([out, out.iloc[rows]], ignore_index=True)
+        if "applied_at" in out.columns:
+            out = out.sort_values("applied_at", kind="mergesort", ignore_index=True)
+        log.info("bad batch: %d duplicated row(s)", len(rows))
+        return out
+    log.info("bad batch: header only")
+    return out.iloc[0:0].copy()
+
+
+def _iso_utc(values: pd.Series) -> pd.Series:
+    text = values.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return text.astype(object).where(values.notna(), None)
+
+
+def landing_csv_bytes(df: pd.DataFrame) -> bytes:
+    """The bytes of a landing CSV for ``df``: a header, ISO 8601 UTC timestamps, ``\\n`` line ends.
+
+    Same frame -> same bytes (floats are written in their shortest round-trip form).
+
+    Args:
+        df: the frame to export.
+
+    Returns:
+        UTF-8 encoded CSV.
+    """
+    out = df.copy()
+    for column in out.columns:
+        if isinstance(out[column].dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(
+            out[column].dtype
+        ):
+            out[column] = _iso_utc(out[column])
+    return out.to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _batch_seed(seed: int, day: date) -> int:
+    return int(np.random.SeedSequence([seed, day.toordinal()]).generate_state(1)[0])
+
+
+def land_day(lake: Lake, day: date | str, config: SimulatorConfig) -> list[Path]:
+    """Export the labelled batch due on ``day`` into the landing folder, as the source system would.
+
+    The batch of data day ``D = day - label_delay_days`` lands as ``lake.landing(D)/applications-D.csv``,
+    with the bad-batch kind configured for ``D`` (if any) applied.
+
+    Args:
+        lake: the data lake.
+        day: the simulated day (when the file lands).
+        config: the simulator's knobs.
+
+    Returns:
+        The paths written or already present (identical bytes are not rewritten).
+    """
+    day = _as_date(day)
+    data_day = day - timedelta(days=config.label_delay_days)
+    df = generate_day(data_day, config)
+    kind = {str(k): v for k, v in config.bad_days.items()}.get(data_day.isoformat())
+    if kind:
+        df = corrupt_batch(df, kind, _batch_seed(config.seed, data_day))
+    data = landing_csv_bytes(df)
+    path = lake.landing(data_day) / f"applications-{data_day.isoformat()}.csv"
+    if path.exists() and path.read_bytes() == data:
+        log.info("%s already landed with the same bytes", path)
+        return [path]
+    if path.exists():
+        log.warning("%s exists with other content: the source re-exported day %s", path, data_day)
+    _write_bytes_atomic(path, data)
+    log.info(
+        "landed %d row(s) for %s%s at %s", len(df), data_day, f" (bad batch: {kind})" if kind else "", path
+    )
+    return [path]
+
+
+def client_requests(
+    day: date | str, config: SimulatorConfig, contract: DatasetContract | None = None
+) -> pd.DataFrame:
+    """What clients send to the endpoint on ``day``: the day's applications without the label.
+
+    Args:
+        day: the data day.
+        config: the simulator's knobs (covariate and concept drift apply as in :func:`generate_day`).
+        contract: the dataset contract (default: :func:`config.load_contract`).
+
+    Returns:
+        The typed frame of :func:`generate_day` minus ``defaulted``; ``application_id`` serves as
+        each request row's id.
+    """
+    return generate_day(day, config, contract).drop(columns=[TARGET])
+
+
+def _json_values(values: pd.Series) -> list[Any]:
+    if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(values.dtype):
+        return _iso_utc(values).tolist()
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return [None if pd.isna(v) else int(v) for v in values.astype(object)]
+    if pd.api.types.is_float_dtype(values.dtype):
+        return [None if np.isnan(v) else float(v) for v in values.to_numpy(dtype=float)]
+    return [None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in values.astype(object)]
+
+
+def to_json_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts: numbers as numbers, categories as strings, timestamps as ISO strings.
+
+    Args:
+        df: a typed frame.
+
+    Returns:
+        One dict per row, nulls as ``None``.
+    """
+    columns = {str(c): _json_values(df[c]) for c in df.columns}
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def send_traffic(endpoint_url: str, rows: pd.DataFrame, batch_size: int = 50, timeout: float = 10.0) -> dict:
+    """POST rows to ``{endpoint_url}/predict`` as ``{"rows": [...]}``, ``batch_size`` rows per request.
+
+    One keep-alive connection; nothing is retried, so every failure shows up in the counts.
+
+    Args:
+        endpoint_url: base URL of the prediction endpoint.
+        rows: the rows to send (e.g. :func:`client_requests`).
+        batch_size: rows per request.
+        timeout: seconds per request.
+
+    Returns:
+        ``{"requests", "rows", "failed_requests", "failed_rows", "errors"}``; ``errors`` holds the
+        first five failures as ``{"batch", "status", "error"}`` (status None when no response came).
+
+    Raises:
+        ValueError: ``batch_size`` is not positive.
+    """
+    import httpx
+
+    if batch_size < 1:
+        raise ValueError(f"send_traffic: batch_size must be >= 1, got {batch_size}")
+    url = endpoint_url.rstrip("/") + "/predict"
+    records = to_json_rows(rows)
+    stats: dict[str, Any] = {"requests": 0, "rows": 0, "failed_requests": 0, "failed_rows": 0, "errors": []}
+    with httpx.Client(timeout=timeout) as client:
+        for batch_no, start in enumerate(range(0, len(records), batch_size)):
+            batch = records[start : start + batch_size]
+            stats["requests"] += 1
+            stats["rows"] += len(batch)
+            status: int | None = None
+            try:
+                response = client.post(url, json={"rows": batch})
+                status = response.status_code
+                error = None if response.is_success else response.text[:300]
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if error is not None:
+                stats["failed_requests"] += 1
+                stats["failed_rows"] += len(batch)
+                if len(stats["errors"]) < 5:
+                    stats["errors"].append({"batch": batch_no, "status": status, "error": error})
+    if stats["failed_requests"]:
+        log.warning(
+            "%s: %d of %d request(s) failed; first: %s",
+            url,
+            stats["failed_requests"],
+            stats["requests"],
+            stats["errors"][0],
+        )
+    log.info("sent %d row(s) in %d request(s) to %s", stats["rows"], stats["requests"], url)
+    return stats

@@ -75,7 +75,9 @@ class Lake:
         base = self.root / "validated"
         if not base.is_dir():
             return []
-        return sorted(p.name[3:] for p in base.iterdir() if p.name.startswith("dt=") and (p / MANIFEST_FILE).exists())
+        return sorted(
+            p.name[3:] for p in base.iterdir() if p.name.startswith("dt=") and (p / MANIFEST_FILE).exists()
+        )
 
 
 def safe_name(text: str) -> str:

@@ -47,4 +47,4 @@ def test_demo_loop_with_the_scheduler(stack):
     again = run_demo(stack)
     assert again["champion_after"] == summary["champion_after"]
     assert len(read_mail(stack.mail_dir)) == len(subjects), "a second demo sends no mail"
-    assert all(part["running"] for part in stack_status(stack).values())
+    assert all(part["state"] == "running" and part["healthy"] for part in stack_status(stack).values())
