@@ -88,6 +88,13 @@ _REGION_P = (0.22, 0.28, 0.18, 0.20, 0.12)
 _CHANNEL = ("web", "mobile", "branch", "broker")
 _CHANNEL_P = (0.45, 0.30, 0.18, 0.07)
 _CHANNEL_P_DRIFTED = (0.22, 0.45, 0.08, 0.25)
+_LEVELS = {
+    "home_ownership": _HOME,
+    "loan_purpose": _PURPOSE,
+    "employment_type": _EMPLOYMENT,
+    "region": _REGION,
+    "application_channel": _CHANNEL,
+}
 _TERMS = (12, 24, 36, 48, 60, 72, 84)
 _TERMS_P = (0.08, 0.14, 0.34, 0.12, 0.22, 0.06, 0.04)
 
@@ -173,17 +180,29 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _pick(u: np.ndarray, levels: tuple[str, ...], probs: np.ndarray) -> np.ndarray:
-    """Inverse-CDF draw: the same uniforms map to levels under any probabilities, so changing the
-    probabilities moves only the rows that must move."""
-    probs = np.broadcast_to(probs, (len(u), len(levels)))
+def _pick_index(u: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw of level indices: the same uniforms map to levels under any probabilities, so
+    changing the probabilities moves only the rows that must move. ``probs`` is one row of weights or
+    one row per draw."""
+    probs = np.broadcast_to(probs, (len(u), probs.shape[-1]))
     cdf = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
-    idx = (u[:, None] > cdf).sum(axis=1).clip(0, len(levels) - 1)
-    return np.asarray(levels, dtype=object)[idx]
+    return (u[:, None] > cdf).sum(axis=1).clip(0, probs.shape[-1] - 1)
+
+
+def _pick(u: np.ndarray, levels: tuple[str, ...], probs: np.ndarray) -> np.ndarray:
+    return np.asarray(levels, dtype=object)[_pick_index(u, np.asarray(probs, dtype=float))]
 
 
 def day_volume(day: date, config: SimulatorConfig) -> int:
-    """Number of applications on ``day``: weekday pattern times Poisson noise, deterministic per seed."""
+    """Number of applications on ``day``: weekday pattern times Poisson noise, deterministic per seed.
+
+    Args:
+        day: the data day.
+        config: the simulator's knobs (``seed``, ``rows_per_day``).
+
+    Returns:
+        The row count (at least 1 unless ``rows_per_day`` is 0).
+    """
     expected = config.rows_per_day * WEEKDAY_FACTORS[day.weekday()]
     if expected <= 0:
         return 0
@@ -201,15 +220,8 @@ def _check_contract(contract: DatasetContract) -> None:
             f"{list(SIMULATED_COLUMNS)}; the contract lacks {missing} and has unknown {extra}"
         )
     for col in contract.columns:
-        if col.type == "category":
-            levels = {
-                "home_ownership": _HOME,
-                "loan_purpose": _PURPOSE,
-                "employment_type": _EMPLOYMENT,
-                "region": _REGION,
-                "application_channel": _CHANNEL,
-            }[col.name]
-            unknown = sorted(set(levels) - {str(v) for v in col.values or ()})
+        if col.name in _LEVELS:
+            unknown = sorted(set(_LEVELS[col.name]) - {str(v) for v in col.values or ()})
             if unknown:
                 raise ValueError(
                     f"dataset contract: column {col.name!r} does not allow {unknown}, which the simulator draws"
@@ -337,9 +349,7 @@ def generate_day(
     home = _pick(rng.random(n), _HOME, home_p)
     region = _pick(rng.random(n), _REGION, np.asarray(_REGION_P))
     purpose = _pick(rng.random(n), _PURPOSE, np.asarray(_PURPOSE_P))
-    term = np.asarray(_TERMS)[
-        _pick(rng.random(n), tuple(str(i) for i in range(len(_TERMS))), np.asarray(_TERMS_P)).astype(int)
-    ]
+    term = np.asarray(_TERMS)[_pick_index(rng.random(n), np.asarray(_TERMS_P))]
 
     purpose_size = (
         pd.Series(purpose)
@@ -366,7 +376,7 @@ def generate_day(
     dti = np.clip(np.round(monthly_debt * 12.0 / np.maximum(income, 1.0), 4), 0.0, 3.0)
 
     # Rate set by score and term, plus noise. Only the covariate shift below moves it further.
-    interest_rate = 5.5 + 2.1 * np.clip(-cs, -1.5, 4.0) + 2.6 + 0.03 * (term - 36) + rng.normal(0.0, 1.4, n)
+    interest_rate = 8.1 + 2.1 * np.clip(-cs, -1.5, 4.0) + 0.03 * (term - 36) + rng.normal(0.0, 1.4, n)
 
     low_savings_u = rng.random(n)
     savings_low = rng.uniform(0.0, 1500.0, n)
@@ -488,13 +498,8 @@ def corrupt_batch(df: pd.DataFrame, kind: str, seed: int) -> pd.DataFrame:
         columns = [str(c) for c in rng.choice(_feature_columns(out), size=2, replace=False)]
         for column in columns:
             rows = _some_rows(rng, n, float(rng.uniform(0.05, 0.10)))
-            if out[column].dtype == object:
-                out[column] = out[column].astype(object)
-                out.iloc[rows, out.columns.get_loc(column)] = None
-            else:
-                out.iloc[rows, out.columns.get_loc(column)] = (
-                    pd.NA if out[column].dtype == "Int64" else np.nan
-                )
+            blank = None if out[column].dtype == object else pd.NA if out[column].dtype == "Int64" else np.nan
+            out.iloc[rows, out.columns.get_loc(column)] = blank
         log.info("bad batch: nulls in columns %s", columns)
         return out
     if kind == "out_of_range":
