@@ -348,6 +348,8 @@ def _process_env(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(settings.home / "pycache")
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    # Artifact downloads (the endpoint and tasks load models) otherwise fill the logs with progress bars.
+    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     env.update(extra)
     env["PATH"] = os.pathsep.join([str(bin_dir()), env.get("PATH", "")]).rstrip(os.pathsep)
     no_proxy = [h for h in env.get("NO_PROXY", env.get("no_proxy", "")).split(",") if h]
@@ -394,7 +396,11 @@ def _part_spec(settings: Settings, name: str, env_cache: dict[str, dict[str, str
                 env_cache[kind] = _process_env(settings, airflow_env(settings))
             elif kind == "endpoint":
                 # One OpenMP thread per worker: the default spin-waits collapsed throughput (notes).
-                env_cache[kind] = _process_env(settings, {**service_env(settings), "OMP_NUM_THREADS": "1"})
+                # Few client retries: a registry outage must not stall the alias poller for minutes.
+                env_cache[kind] = _process_env(
+                    settings,
+                    {**service_env(settings), "OMP_NUM_THREADS": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"},
+                )
             elif kind == "mlflow":
                 # Job execution serves GenAI scorers and trace archival, which this project does not
                 # use; it costs 6 more processes (huey consumers, ~170 MB RSS each) on a 2-core machine.
