@@ -1,0 +1,246 @@
+"""Each DAG run with ``dag.test()`` against a real MLflow server, the real endpoint and the SMTP sink.
+
+The tests run in file order and share one lake, registry and mailbox: together they are one pass of the
+loop (ingest -> quarantine -> train -> no second version -> gate -> monitor -> retrain trigger).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from continuous_training.config import load_contract, load_policy
+from continuous_training.mailsink import read_mail
+from continuous_training.settings import load_settings
+from continuous_training.simulate import (
+    DRIFT_COLUMNS,
+    SimulatorConfig,
+    client_requests,
+    land_day,
+    send_traffic,
+)
+from continuous_training.storage import Lake
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+START = date(2026, 10, 1)
+DAYS = [START + timedelta(days=i) for i in range(8)]
+BAD_DAY = DAYS[2]
+DRIFT_DAY = DAYS[7]
+SIM = SimulatorConfig(
+    seed=7, rows_per_day=2500, drift_from=DRIFT_DAY, bad_days={BAD_DAY.isoformat(): "missing_column"}
+)
+
+
+@pytest.fixture(scope="module")
+def loop(mlflow_server, smtp_sink, airflow_db, endpoint):
+    """The services, plus helpers to run a DAG and read what happened."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dags = DagBag(dag_folder=str(REPO / "dags")).dags
+    return {"dags": dags, "mail": smtp_sink, "endpoint": endpoint, "lake": Lake.from_settings()}
+
+
+def run_dag(loop, dag_id: str, conf: dict) -> tuple[str, dict[str, str]]:
+    dag_run = loop["dags"][dag_id].test(run_conf=conf)
+    states = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dag_run.get_task_instances()}
+    return str(getattr(dag_run.state, "value", dag_run.state)), states | {"__run_id__": dag_run.run_id}
+
+
+def mails(loop, subject_part: str):
+    return [m for m in read_mail(loop["mail"]) if subject_part in m["Subject"]]
+
+
+def body(message) -> str:
+    part = message.get_body(preferencelist=("html", "plain"))
+    return part.get_content()
+
+
+def client():
+    import mlflow
+
+    return mlflow.MlflowClient(load_settings().mlflow_tracking_uri)
+
+
+def versions():
+    name = load_policy().model.name
+    try:
+        return client().search_model_versions(f"name='{name}'")
+    except Exception:  # the registered model does not exist yet
+        return []
+
+
+def test_ingest_publishes_a_good_day_and_rerun_is_identical(loop):
+    day = DAYS[0]
+    land_day(loop["lake"], day, SIM)
+    state, tasks = run_dag(loop, "ingest", {"day": day.isoformat()})
+    assert state == "success"
+    assert tasks["publish"] == "success"
+    assert tasks["quarantine"] == "skipped"
+    manifest = yaml.safe_load((loop["lake"].validated(day) / "_manifest.json").read_text())
+    assert manifest["rows"] > 0
+
+    state, _ = run_dag(loop, "ingest", {"day": day.isoformat()})
+    assert state == "success"
+    again = yaml.safe_load((loop["lake"].validated(day) / "_manifest.json").read_text())
+    assert again["sha256"] == manifest["sha256"]
+    assert [p.name for p in loop["lake"].validated(day).parent.iterdir()] == [f"dt={day}"]
+
+
+def test_published_day_emits_the_asset_event(loop):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent).join(AssetModel).where(AssetModel.name == "validated_applications")
+        ).all()
+        extras = [e.extra for e in events]
+    assert extras
+    assert {e["day"] for e in extras} == {DAYS[0].isoformat()}
+
+
+def test_bad_batch_is_quarantined_and_mailed_once(loop):
+    land_day(loop["lake"], BAD_DAY, SIM)
+    state, tasks = run_dag(loop, "ingest", {"day": BAD_DAY.isoformat()})
+    assert state == "success"
+    assert tasks["quarantine"] == "success"
+    assert tasks["publish"] == "skipped"
+    assert not loop["lake"].validated(BAD_DAY).exists()
+    kept = list((loop["lake"].root / "quarantine" / f"dt={BAD_DAY}").iterdir())
+    assert len(kept) == 1
+    assert (kept[0] / "validation.json").exists()
+    assert list(loop["lake"].landing(BAD_DAY).glob("*.csv")), "landing files are never deleted"
+
+    alerts = mails(loop, "Bad data")
+    assert len(alerts) == 1
+    text = body(alerts[0])
+    (dropped,) = [c for c in load_contract().column_names if c not in _landed_columns(loop, BAD_DAY)]
+    assert dropped in text, "the mail names the missing column"
+
+    run_dag(loop, "ingest", {"day": BAD_DAY.isoformat()})
+    assert len(mails(loop, "Bad data")) == 1, "the same bad batch is mailed once"
+
+
+def _landed_columns(loop, day) -> list[str]:
+    csv = next(loop["lake"].landing(day).glob("*.csv"))
+    return csv.read_text().splitlines()[0].split(",")
+
+
+def _ingest_directly(loop, day) -> None:
+    """The ingest steps without the scheduler (the same functions the tasks call), to build history fast."""
+    from continuous_training import steps
+
+    land_day(loop["lake"], day, SIM)
+    validation = steps.validate_partition(steps.stage_partition(day.isoformat()))
+    assert validation["success"], validation["failed"]
+    steps.publish_partition(validation)
+
+
+def test_train_deploys_the_first_champion(loop):
+    for day in DAYS[1:7]:
+        if day != BAD_DAY:
+            _ingest_directly(loop, day)
+    state, tasks = run_dag(loop, "train", {"reason": "integration test"})
+    assert state == "success", tasks
+    assert tasks["deploy"] == "success"
+    assert tasks["notify_gate_blocked"] == "skipped"
+    (version,) = versions()
+    tags = version.tags
+    assert tags["ct.dag_id"] == "train"
+    assert tags["ct.dag_run_id"] == tasks["__run_id__"]
+    assert len(tags["ct.training_set_sha256"]) == 64
+    assert tags["ct.git_commit"]
+    name = load_policy().model.name
+    assert client().get_model_version_by_alias(name, "champion").version == version.version
+    run = client().get_run(version.run_id)
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} >= {"training", "holdout"}
+    assert run.data.tags["ct.reason"] == "integration test"
+    health = httpx.get(f"{loop['endpoint']}/health").json()
+    assert health["model_version"] == version.version
+
+
+def test_rerunning_train_creates_no_second_version(loop):
+    from continuous_training import steps
+
+    state, tasks = run_dag(loop, "train", {"reason": "integration test"})
+    assert state == "success"
+    assert tasks["should_train"] == "success"
+    assert tasks["train_challenger"] == "skipped", "same training set as the champion: nothing to learn"
+    (version,) = versions()
+    again = steps.register(version.run_id, {"dag_id": "train", "dag_run_id": "x", "git_commit": "y"})
+    assert str(again["version"]) == version.version
+    assert len(versions()) == 1
+
+
+def test_gate_blocks_a_challenger_below_the_floor_and_mails(loop, tmp_path, monkeypatch):
+    config = tmp_path / "config"
+    shutil.copytree(REPO / "include" / "config", config)
+    policy = yaml.safe_load((config / "policy.yaml").read_text())
+    policy["gate"]["min_value"] = 0.999
+    (config / "policy.yaml").write_text(yaml.safe_dump(policy))
+    monkeypatch.setenv("CT_CONFIG_DIR", str(config))
+    champion_before = client().get_model_version_by_alias(load_policy().model.name, "champion").version
+
+    state, tasks = run_dag(loop, "train", {"reason": "gate test", "force": True})
+    assert state == "success", tasks
+    assert tasks["notify_gate_blocked"] == "success"
+    assert tasks["register"] == "skipped"
+    assert len(versions()) == 1
+    assert (
+        client().get_model_version_by_alias(load_policy().model.name, "champion").version == champion_before
+    )
+    (alert,) = mails(loop, "Gate blocked")
+    assert "below the floor" in body(alert)
+
+
+def test_monitor_finds_drift_mails_and_triggers_train(loop):
+    window_start = datetime.now(UTC).isoformat()
+    sent = send_traffic(loop["endpoint"], client_requests(DRIFT_DAY, SIM))
+    assert sent["failed_requests"] == 0
+    assert sent["rows"] >= load_policy().drift.min_rows
+    time.sleep(3)  # the endpoint flushes its prediction log every second here
+    state, tasks = run_dag(loop, "monitor", {"window_start": window_start})
+    assert state == "success", tasks
+    assert tasks["drift_found"] == "success"
+    assert tasks["alert_on_call"] == "success"
+    assert tasks["trigger_train"] == "success"
+
+    reports = list((loop["lake"].root / "reports" / "drift").glob("*/drift_report.html"))
+    assert len(reports) == 1
+    (alert,) = mails(loop, "Drift in")
+    assert str(reports[0]) in body(alert)
+    for column in DRIFT_COLUMNS:
+        assert column in alert["Subject"]
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        triggered = session.scalars(
+            select(DagRun).where(DagRun.dag_id == "train", DagRun.run_id == f"drift__{tasks['__run_id__']}")
+        ).one()
+        assert triggered.conf["reason"].startswith("drift")
+        assert sorted(triggered.conf["drifted_columns"]) == sorted(DRIFT_COLUMNS)
+        assert triggered.conf["drift_report"] == str(reports[0])
+
+
+def test_task_failure_mails_on_call_with_the_error(loop):
+    day = DAYS[7]
+    folder = loop["lake"].landing(day)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "applications-broken.csv").write_bytes(b'"unterminated,quote\n\x00\x01')
+    state, tasks = run_dag(loop, "ingest", {"day": day.isoformat()})
+    assert state == "failed"
+    assert tasks["stage_partition"] == "failed"
+    (alert,) = mails(loop, "FAILED ingest.stage_partition")
+    assert "applications-broken.csv" in body(alert)
