@@ -57,3 +57,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             else:
                 os.environ[key] = value
         stop_process(proc)
+
+
+# The SMTP sink, the Airflow metadata DB and the prediction endpoint (tests/integration/services.py).
+from services import airflow_db, endpoint, smtp_sink  # noqa: E402, F401

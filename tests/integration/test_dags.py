@@ -101,7 +101,9 @@ def test_published_day_emits_the_asset_event(loop):
 
     with create_session() as session:
         events = session.scalars(
-            select(AssetEvent).join(AssetModel).where(AssetModel.name == "validated_applications")
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == "validated_applications")
         ).all()
         extras = [e.extra for e in events]
     assert extras
