@@ -134,9 +134,11 @@ def quarantine_partition(validation: dict[str, Any], *, run_id: str = "") -> dic
 
 def run_reason(params: dict[str, Any] | None, dag_run: Any) -> str:
     """Why this training run happens: new data (Asset), drift (monitor) or what the user typed."""
+    from continuous_training.train import NEW_DATA_REASON
+
     run_type = str(getattr(dag_run, "run_type", "") or "")
     if run_type.lower().endswith("asset_triggered"):
-        return "new-data"
+        return NEW_DATA_REASON
     return str((params or {}).get("reason") or "manual")
 
 
@@ -368,7 +370,9 @@ def alert_drift(drift: dict[str, Any], run_id: str) -> bool:
     )
 
 
-def retrain_due(drift: dict[str, Any], run_id: str, run_after: datetime | None = None) -> dict[str, Any] | None:
+def retrain_due(
+    drift: dict[str, Any], run_id: str, run_after: datetime | None = None
+) -> dict[str, Any] | None:
     """Conf for the ``train`` DAG if retraining is due (policy + cooldown), else None."""
     from continuous_training.monitor import last_retrain_trigger, record_retrain_trigger, retrain_decision
 

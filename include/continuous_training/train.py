@@ -158,6 +158,11 @@ def build_training_set(lake: Lake, days: list[str]) -> dict[str, Any]:
     return snapshot
 
 
+#: The reason of runs scheduled by a new validated partition (the Asset), as opposed to a person's or
+#: the monitor's request.
+NEW_DATA_REASON = "new-data"
+
+
 def training_decision(
     training_set: dict[str, Any],
     champion: dict[str, Any] | None,
@@ -194,7 +199,9 @@ def training_decision(
         }
     if champion is None:
         return {"train": True, "why": f"no champion yet: training the first model on {n} partition(s)"}
-    if reason in ("manual", "drift") or reason.startswith("drift"):
+    if reason != NEW_DATA_REASON:
+        # Only runs scheduled by a new partition wait for enough new data; a person or the monitor
+        # asking for a model always gets one.
         return {"train": True, "why": f"reason {reason!r} always trains"}
     newest = champion.get("newest_day")
     if not newest:

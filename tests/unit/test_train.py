@@ -198,6 +198,15 @@ def champion(sha: str = "old" * 8, newest: str | None = day(3)) -> dict:
         pytest.param(SIX_DAYS, champion(newest=day(4)), "manual", False, True, "always", id="manual-reason"),
         pytest.param(
             SIX_DAYS,
+            champion(newest=day(4)),
+            "retrain after the fix",
+            False,
+            True,
+            "always",
+            id="typed-reason",
+        ),
+        pytest.param(
+            SIX_DAYS,
             champion(newest=day(2)),
             "new-data",
             False,
