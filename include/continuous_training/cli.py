@@ -120,6 +120,8 @@ def add_stack_command(subparsers: Subparsers) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from continuous_training.demo import DemoPlan, run_demo
 
+    # The demo prints its own progress; the simulator's per-file lines would repeat it.
+    logging.getLogger("continuous_training.simulate").setLevel(logging.WARNING)
     run_demo(plan=DemoPlan(start=date.fromisoformat(args.start), seed=args.seed))
     return 0
 
@@ -237,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    # One line per HTTP call drowns what the commands print themselves.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.handler(args) or 0)
     except (StackError, ConfigError) as exc:
