@@ -98,7 +98,9 @@ def monitor() -> None:
         return steps.alert_drift(drift, run_id or "manual")
 
     @task.short_circuit
-    def retrain_due(drift: dict[str, Any], run_id: str | None = None, dag_run: Any = None) -> dict[str, Any] | None:
+    def retrain_due(
+        drift: dict[str, Any], run_id: str | None = None, dag_run: Any = None
+    ) -> dict[str, Any] | None:
         """Policy and cooldown: returns the conf for the train DAG, or nothing to skip the trigger."""
         from continuous_training import steps
 
