@@ -9,7 +9,6 @@ listed or the rows were exported in.
 from __future__ import annotations
 
 import logging
-import shutil
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,9 @@ from continuous_training.storage import (
     DATA_FILE,
     MANIFEST_FILE,
     Lake,
-    publish_dir,
+    publish_staged,
     read_json,
     sha256_file,
-    staging_dir,
     write_json_atomic,
     write_parquet_bytes_stable,
 )
@@ -126,22 +124,18 @@ def stage_raw_partition(lake: Lake, day: date | str) -> dict[str, Any]:
     df = _canonical(frames)
 
     dest = lake.raw(key)
-    staged = staging_dir(dest)
-    try:
-        digest = write_parquet_bytes_stable(df, staged / DATA_FILE)
+
+    def write(staged: Path) -> None:
         manifest = {
             "day": key,
             "rows": len(df),
-            "sha256": digest,
+            "sha256": write_parquet_bytes_stable(df, staged / DATA_FILE),
             "columns": list(df.columns),
             "source_files": sources,
         }
         write_json_atomic(staged / MANIFEST_FILE, manifest)
-        created = publish_dir(staged, dest)
-    except BaseException:
-        # publish_dir removes the staging folder itself; this covers a failure while writing it.
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
+
+    created = publish_staged(dest, write)
     published = read_json(dest / MANIFEST_FILE)
     log.info(
         "raw partition %s: %s (%d rows from %d file(s), sha256 %s)",

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -159,6 +160,26 @@ def publish_dir(staged: Path, dest: Path) -> bool:
         # A concurrent run published first between our check and the rename: compare again.
         return publish_dir(staged, dest) if staged.exists() else False
     return True
+
+
+def publish_staged(dest: Path, write: Callable[[Path], None]) -> bool:
+    """Let ``write`` fill a fresh staging folder (which must end with a ``_manifest.json``), then
+    publish it atomically as ``dest`` with :func:`publish_dir`; a failure while writing leaves nothing.
+
+    Returns:
+        True if ``dest`` was created by this call, False if it already held the same content.
+
+    Raises:
+        PartitionConflictError: ``dest`` exists with other content.
+    """
+    staged = staging_dir(dest)
+    try:
+        write(staged)
+        return publish_dir(staged, dest)
+    except BaseException:
+        # publish_dir removes the staging folder itself; this covers a failure while writing it.
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
 
 
 def staging_dir(dest: Path) -> Path:

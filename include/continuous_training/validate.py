@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 from datetime import date
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -26,10 +27,9 @@ from continuous_training.storage import (
     DATA_FILE,
     MANIFEST_FILE,
     Lake,
-    publish_dir,
+    publish_staged,
     read_json,
     sha256_file,
-    staging_dir,
     write_json_atomic,
     write_parquet_bytes_stable,
 )
@@ -304,8 +304,8 @@ def publish_validated(
         )
 
     dest = lake.validated(key)
-    staged = staging_dir(dest)
-    try:
+
+    def write(staged: Path) -> None:
         digest = write_parquet_bytes_stable(_parquet_ready(typed), staged / DATA_FILE)
         write_json_atomic(staged / VALIDATION_FILE, outcome)
         write_json_atomic(
@@ -318,10 +318,8 @@ def publish_validated(
                 "columns": list(typed.columns),
             },
         )
-        created = publish_dir(staged, dest)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
+
+    created = publish_staged(dest, write)
     published = read_json(dest / MANIFEST_FILE)
     log.info(
         "validated partition %s: %s (%d rows, sha256 %s)",
@@ -381,8 +379,7 @@ def quarantine_partition(lake: Lake, day: date | str, outcome: dict[str, Any]) -
         log.info("partition %s already quarantined in %s", key, dest)
         return result
 
-    staged = staging_dir(dest)
-    try:
+    def write(staged: Path) -> None:
         shutil.copy2(raw_dir / DATA_FILE, staged / DATA_FILE)
         shutil.copy2(raw_dir / MANIFEST_FILE, staged / "raw_manifest.json")
         copied = []
@@ -409,10 +406,8 @@ def quarantine_partition(lake: Lake, day: date | str, outcome: dict[str, Any]) -
                 "files": sorted([DATA_FILE, "raw_manifest.json", VALIDATION_FILE, REASON_FILE, *copied]),
             },
         )
-        created = publish_dir(staged, dest)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
+
+    created = publish_staged(dest, write)
     log.warning(
         "partition %s quarantined in %s%s: %s",
         key,
