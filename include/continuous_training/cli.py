@@ -134,7 +134,7 @@ def add_demo_command(subparsers: Subparsers) -> None:
         description="Runs the loop on the embedded stack through Airflow's scheduler and leaves the stack "
         "running. Running it again resumes or does nothing.",
     )
-    demo.add_argument("--start", default="2026-11-01", help="first simulated day (YYYY-MM-DD)")
+    demo.add_argument("--start", default="2026-11-02", help="first simulated day (YYYY-MM-DD)")
     demo.add_argument("--seed", type=int, default=42, help="simulator seed")
     demo.set_defaults(handler=_demo)
 
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         configuration error (message on stderr).
     """
     from continuous_training.config import ConfigError
+    from continuous_training.demo import DemoError
     from continuous_training.stack import StackError
 
     args = build_parser().parse_args(argv)
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.handler(args) or 0)
-    except (StackError, ConfigError) as exc:
+    except (StackError, ConfigError, DemoError, TimeoutError) as exc:
         print(f"ct: error: {exc}", file=sys.stderr)
         return 1
 

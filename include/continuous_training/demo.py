@@ -4,14 +4,18 @@ The scheduler runs every DAG (no ``dag.test()``): the demo only drops files, pla
 runs the way a user would from the UI. Each phase records its completion under ``$CT_HOME/demo/`` and
 every run has a fixed id, so running the demo again resumes or does nothing.
 
-Timeline (13 simulated days from ``start``):
+Timeline (12 simulated days from ``start``, a Monday by default):
 
 * days 1-7, history: labelled batches land and are ingested (day 4 is a bad batch: quarantined, mailed);
   the ``train`` DAG, scheduled on the validated-data Asset, deploys the first champion.
-* days 8-10, live: clients send each day's applications to the endpoint, then the labelled batch lands;
+* days 8-9, live: clients send each day's applications to the endpoint, then the labelled batch lands;
   a monitor run over this traffic finds no drift (the control).
-* days 11-13, drift: the simulator shifts 4 input columns; the monitor finds them, mails on-call and
+* days 10-12, drift: the simulator shifts 4 input columns; the monitor finds them, mails on-call and
   triggers ``train`` with the report; the new champion is deployed and served.
+
+The first champion is trained on at least ``training.min_partitions`` (5) days, so at most 6 newer days
+follow it: fewer than ``training.refresh_after_new_partitions`` (7), so the only retraining after the
+first champion is the one the monitor asks for.
 """
 
 from __future__ import annotations
@@ -30,13 +34,17 @@ from continuous_training.settings import Settings, load_settings
 log = logging.getLogger(__name__)
 
 HISTORY_DAYS = 7
-LIVE_DAYS = 3
+LIVE_DAYS = 2
 DRIFT_DAYS = 3
+
+
+class DemoError(RuntimeError):
+    """The loop did not do what the demo expects; the message says where to look."""
 
 
 @dataclass(frozen=True)
 class DemoPlan:
-    start: date = date(2026, 11, 1)
+    start: date = date(2026, 11, 2)
     seed: int = 42
     bad_day_index: int = 4  # 1-based
 
@@ -194,7 +202,12 @@ def run_demo(settings: Settings | None = None, plan: DemoPlan | None = None) -> 
         serve(drifted)
         ingest(drifted)
         settle_training()
-        monitor("drift", window_start)
+        states = monitor("drift", window_start)
+        if states.get("trigger_train") != "success":
+            raise DemoError(
+                f"the monitor did not trigger train (task states {states}); its logs are in "
+                f"{settings.airflow_url}/dags/monitor/runs/demo__monitor__drift"
+            )
         _say("  the monitor triggered train; waiting for the retrained champion")
         retrain = af.wait_for_run("train", "drift__demo__monitor__drift", timeout=900)
         _say(f"  drift-triggered train run: {retrain['state']}")
