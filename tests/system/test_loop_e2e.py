@@ -44,6 +44,15 @@ def test_demo_loop_with_the_scheduler(stack):
         assert column in drift_mails[0]
     assert len(summary["drift_reports"]) == 2  # the control window and the drifted one
 
+    import mlflow
+
+    from continuous_training.registry import get_champion
+
+    run = mlflow.MlflowClient(stack.mlflow_tracking_uri).get_run(get_champion()["run_id"])
+    assert run.data.tags["ct.reason"].startswith("drift in ")
+    assert run.data.tags["ct.drift_report"] in summary["drift_reports"]
+    assert run.data.tags["ct.dag_run_id"] == "drift__demo__monitor__drift"
+
     again = run_demo(stack)
     assert again["champion_after"] == summary["champion_after"]
     assert len(read_mail(stack.mail_dir)) == len(subjects), "a second demo sends no mail"
