@@ -257,6 +257,8 @@ def notify_gate_blocked(run_id: str, lineage: dict[str, str]) -> bool:
     """Mail on-call why the challenger was refused (once per MLflow run)."""
     verdict = _recorded_verdict(run_id)
     settings = load_settings()
+    experiment_id = _client().get_run(run_id).info.experiment_id
+    run_page = f"{settings.mlflow_tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}"
     body = (
         "<h2>Gate blocked the challenger</h2><p>The serving champion stays in place.</p><ul>"
         + "".join(f"<li>{html.escape(r)}</li>" for r in verdict["reasons"])
@@ -268,7 +270,7 @@ def notify_gate_blocked(run_id: str, lineage: dict[str, str]) -> bool:
                 ("Champion", verdict.get("champion_value")),
                 ("Floor", verdict.get("floor")),
                 ("Champion version", verdict.get("champion_version")),
-                ("MLflow run", f"{settings.mlflow_tracking_uri}/#/experiments/runs/{run_id}"),
+                ("MLflow run (evaluation report under Artifacts)", run_page),
                 ("Train run", _airflow_run_link(lineage["dag_id"], lineage["dag_run_id"])),
             ]
         )

@@ -6,6 +6,7 @@ loop (ingest -> quarantine -> train -> no second version -> gate -> monitor -> r
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -202,6 +203,9 @@ def test_gate_blocks_a_challenger_below_the_floor_and_mails(loop, tmp_path, monk
     )
     (alert,) = mails(loop, "Gate blocked")
     assert "below the floor" in body(alert)
+    link = re.search(r"#/experiments/(\d+)/runs/([0-9a-f]{32})", body(alert))
+    assert link, "the mail links the challenger's MLflow run page"
+    assert client().get_run(link.group(2)).info.experiment_id == link.group(1)
 
 
 def test_monitor_finds_drift_mails_and_triggers_train(loop):
