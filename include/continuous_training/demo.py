@@ -185,24 +185,25 @@ def run_demo(settings: Settings | None = None, plan: DemoPlan | None = None) -> 
     first = state.get("first_champion")
     _say(f"champion v{first} is serving at {settings.endpoint_url}")
 
+    def live_phase(key: str, days: list[date]) -> dict[str, str | None]:
+        """Clients call the endpoint, the labelled batches land, the monitor judges the traffic."""
+        window_start = state.get(f"{key}_window_start") or datetime.now(UTC).isoformat()
+        state.set(f"{key}_window_start", window_start)
+        if not state.get(f"{key}_served"):  # a resumed demo does not send the same traffic twice
+            serve(days)
+            state.set(f"{key}_served", True)
+        ingest(days)
+        settle_training()
+        return monitor(key, window_start)
+
     if not state.get("live_done"):
         _say(f"phase 2: {len(live)} live days without drift: clients call the endpoint, labels land")
-        window_start = state.get("live_window_start") or datetime.now(UTC).isoformat()
-        state.set("live_window_start", window_start)
-        serve(live)
-        ingest(live)
-        settle_training()
-        monitor("control", window_start)
+        live_phase("control", live)
         state.set("live_done", True)
 
     if not state.get("drift_done"):
         _say(f"phase 3: covariate shift from {plan.drift_from} on {len(drifted)} days")
-        window_start = state.get("drift_window_start") or datetime.now(UTC).isoformat()
-        state.set("drift_window_start", window_start)
-        serve(drifted)
-        ingest(drifted)
-        settle_training()
-        states = monitor("drift", window_start)
+        states = live_phase("drift", drifted)
         if states.get("trigger_train") != "success":
             raise DemoError(
                 f"the monitor did not trigger train (task states {states}); its logs are in "
