@@ -117,8 +117,8 @@ def quarantine_partition(validation: dict[str, Any], *, run_id: str = "") -> dic
                 ("Ingest run", _airflow_run_link("ingest", run_id) if run_id else "-"),
             ]
         )
-        + "<p>Fix the source and drop corrected files in the landing folder, then re-run <code>ingest</code> "
-        "for this day with the <i>day</i> param.</p>"
+        + "<p>To recover: replace the bad file(s) in the landing folder with a corrected export (the bad "
+        "ones are kept in quarantine), then trigger <code>ingest</code> with the <i>day</i> param.</p>"
     )
     send_alert(
         f"bad-data/{day}/{outcome['sha256'][:12]}",

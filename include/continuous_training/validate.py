@@ -13,6 +13,7 @@ Great Expectations is imported inside the functions that use it: it takes second
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from datetime import date
 from pathlib import Path
@@ -347,12 +348,27 @@ def _reason_text(key: str, manifest: dict[str, Any], outcome: dict[str, Any], co
     return "\n".join(lines) + "\n"
 
 
+def _retire_raw(raw_dir: Path, raw_sha: str) -> None:
+    """Remove the raw partition of a quarantined batch, if it still holds exactly that batch."""
+    manifest = raw_dir / MANIFEST_FILE
+    if not manifest.exists() or read_json(manifest).get("sha256") != raw_sha:
+        return
+    # Rename first so that no reader ever sees a half-removed partition.
+    retired = raw_dir.with_name(f".retired-{raw_dir.name}-{raw_sha[:12]}")
+    shutil.rmtree(retired, ignore_errors=True)
+    os.rename(raw_dir, retired)
+    shutil.rmtree(retired)
+    log.info("raw partition %s retired: its batch is kept in quarantine", raw_dir)
+
+
 def quarantine_partition(lake: Lake, day: date | str, outcome: dict[str, Any]) -> dict[str, Any]:
     """Keep the evidence of a failed day in ``lake.quarantine(day, raw_sha256)``.
 
     Copies the raw ``data.parquet`` and manifest and the landing CSVs, and writes ``validation.json`` and
-    a human-readable ``reason.txt``. Nothing is moved or deleted; quarantining the same raw content again
-    is a no-op.
+    a human-readable ``reason.txt``. Once the copy is published, the raw partition is retired (its bytes
+    now live in quarantine), so that a corrected re-delivery of the day can be staged and validated;
+    nothing else is touched and the landing files stay. Quarantining the same raw content again is a
+    no-op.
 
     Args:
         lake: the data lake.
@@ -368,16 +384,19 @@ def quarantine_partition(lake: Lake, day: date | str, outcome: dict[str, Any]) -
     """
     key = day_key(day)
     raw_dir = lake.raw(key)
+    raw_sha = outcome.get("sha256", "")
+    dest = lake.quarantine(key, raw_sha) if raw_sha else None
+    if dest is not None and (dest / MANIFEST_FILE).exists():
+        # A re-run (cleared task): the evidence is already kept; finish retiring raw if a crash left it.
+        log.info("partition %s already quarantined in %s", key, dest)
+        _retire_raw(raw_dir, raw_sha)
+        return {"path": str(dest), "day": key, "raw_sha256": raw_sha, "failed": outcome.get("failed", [])}
     if not (raw_dir / MANIFEST_FILE).exists():
         raise FileNotFoundError(f"no raw partition in {raw_dir} to quarantine")
     manifest = read_json(raw_dir / MANIFEST_FILE)
     _check_outcome_matches(outcome, manifest, key)
-    raw_sha = manifest["sha256"]
     dest = lake.quarantine(key, raw_sha)
     result = {"path": str(dest), "day": key, "raw_sha256": raw_sha, "failed": outcome.get("failed", [])}
-    if (dest / MANIFEST_FILE).exists():
-        log.info("partition %s already quarantined in %s", key, dest)
-        return result
 
     def write(staged: Path) -> None:
         shutil.copy2(raw_dir / DATA_FILE, staged / DATA_FILE)
@@ -408,6 +427,7 @@ def quarantine_partition(lake: Lake, day: date | str, outcome: dict[str, Any]) -
         )
 
     created = publish_staged(dest, write)
+    _retire_raw(raw_dir, raw_sha)
     log.warning(
         "partition %s quarantined in %s%s: %s",
         key,

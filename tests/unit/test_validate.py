@@ -19,7 +19,13 @@ import pytest
 from continuous_training.config import DatasetContract, load_contract
 from continuous_training.frames import contract_dtypes
 from continuous_training.ingest import read_raw, stage_raw_partition
-from continuous_training.simulate import BAD_BATCH_KINDS, SimulatorConfig, generate_day, land_day
+from continuous_training.simulate import (
+    BAD_BATCH_KINDS,
+    SimulatorConfig,
+    generate_day,
+    land_day,
+    landing_csv_bytes,
+)
 from continuous_training.storage import DATA_FILE, MANIFEST_FILE, Lake, sha256_file
 from continuous_training.validate import (
     PARSE_EXPECTATION,
@@ -263,7 +269,7 @@ def test_publish_refuses_failed_or_stale_outcomes(
         publish_validated(lake, CLEAN_DAYS[1], stale, contract)
 
 
-def test_quarantine_is_idempotent_and_deletes_nothing(lake: Lake, outcomes: dict[str, dict]) -> None:
+def test_quarantine_is_idempotent_and_loses_nothing(lake: Lake, outcomes: dict[str, dict]) -> None:
     day = _day_of("out_of_range")
     outcome = outcomes[day]
     landing = lake.landing(day) / f"applications-{day}.csv"
@@ -289,9 +295,31 @@ def test_quarantine_is_idempotent_and_deletes_nothing(lake: Lake, outcomes: dict
     assert len(list(folder.parent.iterdir())) == 1  # no second copy, no staging left behind
     assert landing.exists()
     assert sha256_file(landing) == landing_sha
-    assert (lake.raw(day) / DATA_FILE).exists()
-    assert sha256_file(lake.raw(day) / DATA_FILE) == raw_sha
+    # The raw partition is retired (its bytes are in quarantine), so a corrected delivery can be staged.
+    assert not lake.raw(day).exists()
+    assert [p.name for p in lake.raw(day).parent.iterdir() if day in p.name] == []
     assert not lake.validated(day).exists()
+
+
+def test_a_corrected_delivery_of_a_quarantined_day_is_ingested(
+    lake: Lake, outcomes: dict[str, dict], contract: DatasetContract, tmp_path: Path
+) -> None:
+    day = _day_of("missing_column")
+    other = Lake(tmp_path / "lake3")
+    shutil.copytree(lake.landing(day), other.landing(day))
+    stage_raw_partition(other, day)
+    bad = validate_partition(other, day, contract)
+    assert not bad["success"]
+    kept = quarantine_partition(other, day, bad)
+    # The source re-delivers the day, complete this time: the file is replaced in the landing folder.
+    clean = generate_day(date.fromisoformat(day), dataclasses.replace(CONFIG, bad_days={}))
+    (other.landing(day) / f"applications-{day}.csv").write_bytes(landing_csv_bytes(clean))
+    stage_raw_partition(other, day)
+    good = validate_partition(other, day, contract)
+    assert good["success"], good["failed"]
+    publish_validated(other, day, good, contract)
+    assert (other.validated(day) / DATA_FILE).exists()
+    assert (Path(kept["path"]) / DATA_FILE).exists(), "the bad batch stays in quarantine"
 
 
 def test_quarantine_keeps_an_empty_file_as_evidence(lake: Lake, outcomes: dict[str, dict]) -> None:
