@@ -84,11 +84,11 @@ from continuous_training.dag_defaults import default_args
 )
 def train() -> None:
     @task
-    def build_training_set(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Snapshot the newest validated partitions (list + content hash)."""
+    def build_training_set(params: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
+        """Snapshot the newest validated partitions (list + content hash), pinned to this run."""
         from continuous_training import steps
 
-        return steps.build_training_set((params or {}).get("window_days"))
+        return steps.build_training_set((params or {}).get("window_days"), run_id or "manual")
 
     @task.short_circuit
     def should_train(

@@ -110,19 +110,27 @@ def send_alert(
     from continuous_training.storage import Lake, write_json_atomic
 
     ledger = Lake.from_settings().alert_ledger(event_key)
-    if ledger.exists():
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Claim the event atomically: of two runs racing on the same event, exactly one mails it.
+        os.close(os.open(ledger, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
         log.info("Alert %s was already sent (ledger %s); not sending it again", event_key, ledger)
         return False
     recipients = _recipients(to)
     full_subject = f"[ct] {subject}"
-    with SmtpHook(smtp_conn_id=_smtp_conn_id()) as hook:
-        hook.send_email_smtp(
-            to=recipients,
-            subject=full_subject,
-            html_content=html_body,
-            from_email=hook.from_email or _from_email(),
-            custom_headers={"X-CT-Event": event_key},
-        )
+    try:
+        with SmtpHook(smtp_conn_id=_smtp_conn_id()) as hook:
+            hook.send_email_smtp(
+                to=recipients,
+                subject=full_subject,
+                html_content=html_body,
+                from_email=hook.from_email or _from_email(),
+                custom_headers={"X-CT-Event": event_key},
+            )
+    except BaseException:
+        ledger.unlink(missing_ok=True)  # not sent: a retry must be able to send it
+        raise
     write_json_atomic(
         ledger,
         {

@@ -83,7 +83,8 @@ def smoke_test(name: str, version: str | int, sample: pd.DataFrame) -> dict[str,
 
 
 def _wait_served(name: str, version: str, url: str, timeout_s: float) -> float:
-    """Seconds until ``url`` served ``version`` in every answer for :data:`STABLE_S`.
+    """Seconds until ``url`` served ``version`` in every answer for :data:`STABLE_S`, from at least
+    ``settings.endpoint_workers`` distinct worker processes.
 
     Raises:
         DeployError: not reached within ``timeout_s``; says what the endpoint last answered.
@@ -94,7 +95,10 @@ def _wait_served(name: str, version: str, url: str, timeout_s: float) -> float:
     deadline = start + timeout_s
     stable_since: float | None = None
     last = "no answer"
-    with httpx.Client(timeout=5.0) as http:
+    workers = load_settings().endpoint_workers
+    pids: set[Any] = set()
+    # No keep-alive: uvicorn binds a connection to one worker, and every worker must be checked.
+    with httpx.Client(timeout=5.0, limits=httpx.Limits(max_keepalive_connections=0)) as http:
         while True:
             now = time.monotonic()
             served = False
@@ -111,8 +115,10 @@ def _wait_served(name: str, version: str, url: str, timeout_s: float) -> float:
                 last = f"{type(exc).__name__}: {exc}"
             now = time.monotonic()
             if served:
-                stable_since = stable_since if stable_since is not None else now
-                if now - stable_since >= STABLE_S:
+                if stable_since is None:
+                    stable_since, pids = now, set()
+                pids.add(body.get("pid"))
+                if now - stable_since >= STABLE_S and len(pids) >= workers:
                     return stable_since - start
             else:
                 stable_since = None

@@ -160,20 +160,23 @@ def gate_verdict(
     champion: dict[str, float] | None,
     gate: GatePolicy,
     force: bool = False,
+    champion_error: str | None = None,
 ) -> dict[str, Any]:
     """Decide whether the challenger may replace the champion (pure: no I/O).
 
     Two rules on ``gate.metric``: the challenger reaches the absolute floor ``gate.min_value`` (at least
     it for roc_auc and average_precision, at most it for log_loss and brier), and it is not worse than
-    the champion by more than ``gate.max_regression``. Without a champion (first model, or a champion
-    that could not be scored) only the floor applies. ``force`` skips the no-regression rule, never the
-    floor.
+    the champion by more than ``gate.max_regression``. Without a champion (first model) only the floor
+    applies. A champion that exists but could not be scored (``champion_error``) blocks the challenger,
+    since no-regression cannot be checked, unless ``force``. ``force`` skips the no-regression rule,
+    never the floor.
 
     Args:
         challenger: the challenger's holdout metrics.
         champion: the champion's metrics on the same holdout, or None.
         gate: the gate policy.
         force: skip the no-regression rule.
+        champion_error: why the serving champion could not be scored on the holdout, if it could not.
 
     Returns:
         ``{"passed", "reasons": [sentences], "metric", "challenger_value", "champion_value", "floor",
@@ -207,7 +210,15 @@ def gate_verdict(
         word = "reaches the floor" if higher_is_better else "is within the ceiling"
         reasons.append(f"{metric} {value:.3f} {word} {floor:.3f}")
 
-    if champion_value is None:
+    if champion_error and not force:
+        passed = False
+        reasons.append(
+            f"the champion could not be scored on the holdout ({champion_error}), so no-regression cannot "
+            "be checked; trigger train with force to promote on the floor alone"
+        )
+    elif champion_error:
+        reasons.append(f"forced: the champion could not be scored ({champion_error}); only the floor applies")
+    elif champion_value is None:
         reasons.append("no champion to compare with: only the floor applies")
     elif force:
         reasons.append(f"forced: the no-regression rule was skipped (champion {metric} {champion_value:.3f})")

@@ -147,12 +147,14 @@ def register_challenger(
         log.info("Registered run %s as %s v%s", run_id, name, version)
     _wait_ready(mlflow_client, name, version)
 
+    # Lineage is that of the run which produced the model: a later call (another DAG run registering
+    # the same MLflow run) must not rewrite where the version came from.
     run_tags = mlflow_client.get_run(run_id).data.tags
     tags = {
         TAG_TRAINING_SET: run_tags.get(TAG_TRAINING_SET, ""),
-        "ct.dag_id": str(lineage.get("dag_id") or run_tags.get("ct.dag_id", "unknown")),
-        "ct.dag_run_id": str(lineage.get("dag_run_id") or run_tags.get("ct.dag_run_id", "unknown")),
-        "ct.git_commit": str(lineage.get("git_commit") or run_tags.get("ct.git_commit", "unknown")),
+        "ct.dag_id": str(run_tags.get("ct.dag_id") or lineage.get("dag_id") or "unknown"),
+        "ct.dag_run_id": str(run_tags.get("ct.dag_run_id") or lineage.get("dag_run_id") or "unknown"),
+        "ct.git_commit": str(run_tags.get("ct.git_commit") or lineage.get("git_commit") or "unknown"),
         "ct.reason": run_tags.get("ct.reason", ""),
         "ct.gate_verdict": json.dumps(verdict, sort_keys=True, default=str),
         "ct.gate_metric_value": str(verdict.get("challenger_value")),

@@ -43,6 +43,8 @@ class Settings:
         endpoint_url: the prediction endpoint (``CT_ENDPOINT_URL``).
         airflow_url: the Airflow API server / UI (``CT_AIRFLOW_URL``).
         smtp_conn_id: Airflow connection used for alert mail (``CT_SMTP_CONN_ID``).
+        endpoint_workers: worker processes of the prediction endpoint (``CT_ENDPOINT_WORKERS``); a deploy
+            waits until each of them serves the new champion.
     """
 
     home: Path
@@ -57,6 +59,7 @@ class Settings:
     endpoint_url: str
     airflow_url: str
     smtp_conn_id: str
+    endpoint_workers: int = 2
     repo_root: Path = field(default=REPO_ROOT)
 
     @property
@@ -109,4 +112,5 @@ def load_settings() -> Settings:
         endpoint_url=_env("CT_ENDPOINT_URL", f"http://{host}:{endpoint_port}"),
         airflow_url=_env("CT_AIRFLOW_URL", f"http://{host}:{airflow_port}"),
         smtp_conn_id=_env("CT_SMTP_CONN_ID", "ct_smtp"),
+        endpoint_workers=_env_int("CT_ENDPOINT_WORKERS", 2),
     )

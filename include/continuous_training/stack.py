@@ -258,6 +258,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         "CT_ENDPOINT_URL": settings.endpoint_url,
         "CT_AIRFLOW_URL": settings.airflow_url,
         "CT_SMTP_CONN_ID": settings.smtp_conn_id,
+        "CT_ENDPOINT_WORKERS": str(settings.endpoint_workers),
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
     }
 
@@ -468,7 +469,7 @@ def _part_spec(settings: Settings, name: str, env_cache: dict[str, dict[str, str
             "--port",
             str(settings.endpoint_port),
             "--workers",
-            "2",
+            str(settings.endpoint_workers),
         ]
         return _Part(name, command, env_for("endpoint"), settings.endpoint_port, part_url(settings, name))
     raise StackError(f"unknown stack part {name!r}; expected one of {list(PARTS)}")

@@ -65,9 +65,14 @@ def _validation_record(lake: Lake, day: str, raw_sha256: str) -> Any:
 
 def validate_partition(staged: dict[str, Any]) -> dict[str, Any]:
     """Validate ``raw/dt=<day>``; the full GX result is stored in the lake, a summary is returned."""
+    from continuous_training.ingest import stage_raw_partition
+    from continuous_training.storage import MANIFEST_FILE
     from continuous_training.validate import validate_partition as run_suite
 
     lake, day = _lake(), staged["day"]
+    if not (lake.raw(day) / MANIFEST_FILE).exists():
+        # Quarantine retires the raw partition; a cleared validate task stages it again (same bytes).
+        stage_raw_partition(lake, day)
     outcome = run_suite(lake, day)
     record = _validation_record(lake, day, outcome["sha256"])
     write_json_atomic(record, outcome)
@@ -153,15 +158,27 @@ def lineage(dag_run: Any) -> dict[str, str]:
     }
 
 
-def build_training_set(window_days: int | None) -> dict[str, Any]:
-    """Snapshot the newest validated partitions; skip when there are none yet."""
+def build_training_set(window_days: int | None, run_id: str) -> dict[str, Any]:
+    """Snapshot the newest validated partitions; skip when there are none yet.
+
+    The snapshot is pinned to the DAG run: clearing the run after new partitions arrived trains on the
+    same set again (and so reuses its MLflow run and model version) instead of a new one.
+    """
     from continuous_training import train
 
+    lake = _lake()
+    pinned = lake.root / "training_sets" / "by_run" / f"{safe_name(run_id)}.json"
+    if pinned.exists():
+        snapshot = read_json(pinned)
+        log.info("Run %s already chose training set %s; reusing it", run_id, snapshot["sha256"][:12])
+        return snapshot
     policy = load_policy()
-    days = train.select_training_days(_lake(), int(window_days or policy.training.window_days))
+    days = train.select_training_days(lake, int(window_days or policy.training.window_days))
     if not days:
         raise AirflowSkipException("No validated partition yet: nothing to train on.")
-    return train.build_training_set(_lake(), days)
+    snapshot = train.build_training_set(lake, days)
+    write_json_atomic(pinned, snapshot)
+    return snapshot
 
 
 def should_train(training_set: dict[str, Any], reason: str, force: bool) -> bool:
@@ -193,9 +210,9 @@ def evaluate(run_id: str) -> dict[str, Any]:
 
 
 def _client() -> Any:
-    import mlflow
+    from continuous_training.registry import client
 
-    return mlflow.MlflowClient(load_settings().mlflow_tracking_uri)
+    return client()
 
 
 def gate(evaluation: dict[str, Any], force: bool) -> dict[str, Any]:
@@ -203,10 +220,12 @@ def gate(evaluation: dict[str, Any], force: bool) -> dict[str, Any]:
     from continuous_training.evaluate import gate_verdict
 
     verdict = gate_verdict(
-        evaluation["challenger"], evaluation.get("champion"), load_policy().gate, force=force
+        evaluation["challenger"],
+        evaluation.get("champion"),
+        load_policy().gate,
+        force=force,
+        champion_error=evaluation.get("champion_error"),
     )
-    if evaluation.get("champion_error"):
-        verdict["reasons"].append(f"the champion could not be evaluated: {evaluation['champion_error']}")
     verdict["champion_version"] = evaluation.get("champion_version")
     _client().set_tag(evaluation["run_id"], "ct.gate_verdict", json.dumps(verdict, default=str))
     log.info("Gate %s: %s", "passed" if verdict["passed"] else "BLOCKED", "; ".join(verdict["reasons"]))
@@ -233,9 +252,18 @@ def register(run_id: str, lineage: dict[str, str]) -> dict[str, Any]:
 def deploy(registered: dict[str, Any], lineage: dict[str, str]) -> dict[str, Any]:
     """Smoke-test the version and make it the champion; mail on-call if the endpoint refused it."""
     from continuous_training.deploy import DeployRolledBack, promote_champion, smoke_test
-    from continuous_training.registry import load_reference_sample
+    from continuous_training.registry import get_champion, load_reference_sample
 
     name, version = registered["name"], str(registered["version"])
+    gated_against = _recorded_verdict(registered["run_id"]).get("champion_version")
+    champion = get_champion(name)
+    current = str(champion["version"]) if champion else None
+    if current not in (version, None if gated_against is None else str(gated_against)):
+        # Clearing an old run's deploy must not replace a champion the gate never compared against.
+        raise RuntimeError(
+            f"{name} v{version} was gated against champion v{gated_against}, but the champion is now "
+            f"v{current}; not deploying. Trigger train again to evaluate against the current champion."
+        )
     sample = load_reference_sample(name, version).head(200)
     smoke = smoke_test(name, version, sample)
     log.info("Smoke test of %s v%s passed: %s", name, version, smoke)

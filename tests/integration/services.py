@@ -86,7 +86,7 @@ def airflow_db() -> None:
 
 @pytest.fixture(scope="session")
 def endpoint(mlflow_server: str) -> Iterator[str]:
-    """The prediction endpoint (uvicorn, 1 worker) serving the registry's `champion` alias."""
+    """The prediction endpoint (uvicorn, as many workers as the stack runs) serving `champion`."""
     settings = load_settings()
     os.environ.setdefault("CT_ENDPOINT_POLL_SECONDS", "1")
     os.environ.setdefault("CT_ENDPOINT_FLUSH_SECONDS", "1")
@@ -101,7 +101,7 @@ def endpoint(mlflow_server: str) -> Iterator[str]:
             "--port",
             str(settings.endpoint_port),
             "--workers",
-            "1",
+            str(settings.endpoint_workers),
         ],
         f"{settings.endpoint_url}/health",
     )

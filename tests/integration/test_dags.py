@@ -55,6 +55,16 @@ def run_dag(loop, dag_id: str, conf: dict) -> tuple[str, dict[str, str]]:
     return str(getattr(dag_run.state, "value", dag_run.state)), states | {"__run_id__": dag_run.run_id}
 
 
+def wait_until_logged(rows: int, since: datetime, timeout: float = 60.0) -> None:
+    """The endpoint's workers flush their prediction logs every second here; wait for all rows."""
+    from continuous_training.serving.predlog import read_predictions
+
+    deadline = time.monotonic() + timeout
+    while len(read_predictions(Lake.from_settings(), since, datetime.now(UTC))) < rows:
+        assert time.monotonic() < deadline, f"fewer than {rows} rows logged after {timeout:.0f}s"
+        time.sleep(0.5)
+
+
 def mails(loop, subject_part: str):
     return [m for m in read_mail(loop["mail"]) if subject_part in m["Subject"]]
 
@@ -184,6 +194,27 @@ def test_rerunning_train_creates_no_second_version(loop):
     assert len(versions()) == 1
 
 
+def test_clearing_a_train_run_after_new_data_retrains_nothing(loop):
+    """Clearing the first train run's tasks, after another day was published, gives the same run and version."""
+    from continuous_training import steps
+
+    (version,) = versions()
+    run_id = version.tags["ct.dag_run_id"]
+    first = steps.build_training_set(None, run_id)
+    _ingest_directly(loop, DAYS[7])
+    assert steps.build_training_set(None, "a new run")["sha256"] != first["sha256"]
+
+    snapshot = steps.build_training_set(None, run_id)  # build_training_set cleared
+    assert snapshot["sha256"] == version.tags["ct.training_set_sha256"]
+    lineage = {"dag_id": "train", "dag_run_id": run_id, "git_commit": version.tags["ct.git_commit"]}
+    trained = steps.train_challenger(snapshot, "integration test", lineage, {})  # train_challenger cleared
+    assert trained["run_id"] == version.run_id
+    registered = steps.register(trained["run_id"], lineage)  # register cleared
+    assert str(registered["version"]) == version.version
+    assert steps.deploy(registered, lineage)["changed"] is False  # deploy cleared
+    assert len(versions()) == 1
+
+
 def test_gate_blocks_a_challenger_below_the_floor_and_mails(loop, tmp_path, monkeypatch):
     config = tmp_path / "config"
     shutil.copytree(REPO / "include" / "config", config)
@@ -213,7 +244,7 @@ def test_monitor_finds_drift_mails_and_triggers_train(loop):
     sent = send_traffic(loop["endpoint"], client_requests(DRIFT_DAY, SIM))
     assert sent["failed_requests"] == 0
     assert sent["rows"] >= load_policy().drift.min_rows
-    time.sleep(3)  # the endpoint flushes its prediction log every second here
+    wait_until_logged(sent["rows"], datetime.fromisoformat(window_start))
     state, tasks = run_dag(loop, "monitor", {"window_start": window_start})
     assert state == "success", tasks
     assert tasks["drift_found"] == "success"

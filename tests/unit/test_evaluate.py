@@ -125,6 +125,24 @@ def m(**values: float) -> dict[str, float]:
 )
 def test_gate_verdict(challenger, champion, gate, force, passed, reason):
     verdict = gate_verdict(challenger, champion, gate, force=force)
+    _check_verdict(verdict, challenger, champion, gate, passed, reason)
+
+
+@pytest.mark.parametrize(
+    ("force", "passed", "reason"),
+    [
+        pytest.param(False, False, "no-regression cannot be checked", id="blocks"),
+        pytest.param(True, True, "only the floor applies", id="forced-floor-only"),
+    ],
+)
+def test_gate_verdict_when_the_champion_artifact_is_missing(force, passed, reason):
+    error = "RESOURCE_DOES_NOT_EXIST: model artifact not found"
+    verdict = gate_verdict(m(roc_auc=0.9), None, AUC, force=force, champion_error=error)
+    _check_verdict(verdict, m(roc_auc=0.9), None, AUC, passed, reason)
+    assert any(error in r for r in verdict["reasons"])
+
+
+def _check_verdict(verdict, challenger, champion, gate, passed, reason):
     assert verdict["passed"] is passed, verdict["reasons"]
     assert any(reason in r for r in verdict["reasons"]), verdict["reasons"]
     assert verdict["metric"] == gate.metric

@@ -377,7 +377,7 @@ def test_alias_move_is_served_without_failed_requests_and_logged(
             sender.join(30)
         health = client.get("/health").json()
 
-    assert switch_seconds < 5
+    assert switch_seconds < 20  # poll interval + download + load; generous for a loaded CI machine
     assert health["status"] == "ok"
     assert health["model_version"] == second
     assert f"version {broken}" in health["last_error"]

@@ -458,14 +458,17 @@ class ModelHolder:
                         "none", "Model %r has no %r alias yet: /predict answers 503", self.model_name, ALIAS
                     )
                 else:
+                    # The endpoint serves the champion and nothing else: a removed alias (e.g. a first
+                    # deploy rolled back) must not leave the rejected version answering.
                     self._note_alias(
                         "gone",
-                        "Alias %r of %r disappeared; still serving version %s",
+                        "Alias %r of %r was removed; stopped serving version %s: /predict answers 503",
                         ALIAS,
                         self.model_name,
                         current.version,
                     )
-                return current
+                    self._current = None
+                return None
             self._note_alias(
                 f"v{version}", "Alias %r of %r points at version %s", ALIAS, self.model_name, version
             )
