@@ -16,7 +16,6 @@ Endpoints:
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import logging
 import os
@@ -326,22 +325,7 @@ class ServedModel:
 
 
 def load_model_version(name: str, version: str) -> Any:
-    """Load a registered model version as a scikit-learn estimator.
-
-    Uses :func:`continuous_training.registry.load_model_version` when the registry module exists,
-    else ``mlflow.sklearn.load_model("models:/<name>/<version>")`` (the same thing).
-
-    Args:
-        name: registered model name.
-        version: model version.
-
-    Returns:
-        The estimator (``predict_proba`` gives the scores).
-    """
-    if importlib.util.find_spec("continuous_training.registry") is None:
-        import mlflow.sklearn
-
-        return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    """The registry's loader (:func:`continuous_training.registry.load_model_version`), imported lazily."""
     from continuous_training.registry import load_model_version as registry_load
 
     return registry_load(name, version)
