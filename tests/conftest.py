@@ -54,3 +54,13 @@ def _isolate() -> Path:
 
 
 TEST_HOME = _isolate()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's CT_HOME unless it failed or CT_KEEP_TEST_HOME is set (for a post-mortem)."""
+    import shutil
+
+    if exitstatus == 0 and not os.environ.get("CT_KEEP_TEST_HOME"):
+        shutil.rmtree(TEST_HOME, ignore_errors=True)
+    else:
+        print(f"\ntest state kept in {TEST_HOME}")
