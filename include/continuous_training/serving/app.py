@@ -120,18 +120,26 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _check_types(values: list[Any], col: Column, types: set[type], expected: str) -> None:
+    """Refuse the first value whose exact type is not in ``types`` (null too, unless nullable)."""
+    allowed = types | {type(None)} if col.nullable else types
+    if set(map(type, values)) <= allowed:
+        return
+    expected = f"{expected} or null" if col.nullable else expected
+    if col.values:
+        expected += f" (known values: {', '.join(map(str, col.values))})"
+    i, bad = next((i, v) for i, v in enumerate(values) if type(v) not in allowed)
+    raise RequestError(
+        f"row {i}, column {col.name!r}: expected {expected}, got {_show(bad)} ({_type_name(bad)})",
+        row=i,
+        column=col.name,
+        expected=expected,
+    )
+
+
 def _numeric_column(values: list[Any], col: Column) -> np.ndarray:
-    allowed: set[type] = {int, float, type(None)} if col.nullable else {int, float}
-    if not set(map(type, values)) <= allowed:
-        # bool is excluded on purpose: type(True) is bool, not int, and True is no age.
-        expected = "a number or null" if col.nullable else "a number"
-        i, bad = next((i, v) for i, v in enumerate(values) if type(v) not in allowed)
-        raise RequestError(
-            f"row {i}, column {col.name!r}: expected {expected}, got {_show(bad)} ({_type_name(bad)})",
-            row=i,
-            column=col.name,
-            expected=expected,
-        )
+    # bool is excluded on purpose: type(True) is bool, not int, and True is no age.
+    _check_types(values, col, {int, float}, "a number")
     array = np.array(values, dtype=np.float64)
     if col.type == "integer":
         fractional = np.flatnonzero(np.isfinite(array) & (array != np.floor(array)))
@@ -147,18 +155,7 @@ def _numeric_column(values: list[Any], col: Column) -> np.ndarray:
 
 
 def _text_column(values: list[Any], col: Column) -> np.ndarray:
-    allowed: set[type] = {str, type(None)} if col.nullable else {str}
-    if not set(map(type, values)) <= allowed:
-        expected = "a string or null" if col.nullable else "a string"
-        if col.values:
-            expected += f" (known values: {', '.join(map(str, col.values))})"
-        i, bad = next((i, v) for i, v in enumerate(values) if type(v) not in allowed)
-        raise RequestError(
-            f"row {i}, column {col.name!r}: expected {expected}, got {_show(bad)} ({_type_name(bad)})",
-            row=i,
-            column=col.name,
-            expected=expected,
-        )
+    _check_types(values, col, {str}, "a string")
     # Unknown category values pass: the model maps unseen levels to missing.
     array = np.empty(len(values), dtype=object)
     array[:] = values
