@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from continuous_training.settings import Settings, load_settings
+from continuous_training.storage import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ class DemoState:
 
     def set(self, key: str, value: Any) -> None:
         self.data[key] = value
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data, indent=2))
+        write_json_atomic(self.path, self.data)  # read by `make bench` while the demo runs
 
 
 def _say(msg: str) -> None:
@@ -192,6 +192,8 @@ def run_demo(settings: Settings | None = None, plan: DemoPlan | None = None) -> 
         if not state.get(f"{key}_served"):  # a resumed demo does not send the same traffic twice
             serve(days)
             state.set(f"{key}_served", True)
+        if not state.get(f"{key}_landed_at"):  # when the phase's first batch lands (make bench reads it)
+            state.set(f"{key}_landed_at", datetime.now(UTC).isoformat())
         ingest(days)
         settle_training()
         return monitor(key, window_start)

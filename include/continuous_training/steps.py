@@ -12,6 +12,7 @@ import html
 import json
 import logging
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
@@ -315,7 +316,7 @@ def notify_gate_blocked(run_id: str, lineage: dict[str, str]) -> bool:
 def collect_served(params: dict[str, Any], dag_run: Any) -> dict[str, Any]:
     """Snapshot the champion's served rows of the window into the lake."""
     from continuous_training.monitor import window_bounds
-    from continuous_training.registry import get_champion
+    from continuous_training.registry import get_champion, load_reference_sample
     from continuous_training.serving.predlog import read_predictions
     from continuous_training.storage import write_parquet_bytes_stable
 
@@ -332,12 +333,20 @@ def collect_served(params: dict[str, Any], dag_run: Any) -> dict[str, Any]:
         raise AirflowSkipException("No champion is serving yet: nothing to monitor.")
     served = read_predictions(_lake(), start, end, model_version=str(champion["version"]))
     run_id = str(getattr(dag_run, "run_id", "") or "manual")
-    path = _lake().root / "monitoring" / safe_name(run_id) / "current.parquet"
+    folder = _lake().root / "monitoring" / safe_name(run_id)
+    path = folder / "current.parquet"
     write_parquet_bytes_stable(served, path)
+    # The champion's reference sample beside it, so that compute_drift reads two local files and
+    # needs no MLflow client.
+    reference_path = folder / "reference.parquet"
+    if len(served) >= policy.drift.min_rows:
+        reference = load_reference_sample(load_policy().model.name, str(champion["version"]))
+        write_parquet_bytes_stable(reference, reference_path)
     log.info("Window %s .. %s: %d rows served by v%s", start, end, len(served), champion["version"])
     return {
         "rows": len(served),
         "path": str(path),
+        "reference_path": str(reference_path),
         "model_name": load_policy().model.name,
         "model_version": str(champion["version"]),
         "window_start": start.isoformat(),
@@ -358,17 +367,12 @@ def enough_rows(collected: dict[str, Any]) -> bool:
 
 
 def compute_drift(collected: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Drift report of the window against the champion's reference sample."""
-    import pandas as pd
-
+    """Drift report of the window against the champion's reference sample (both snapshotted by collect)."""
     from continuous_training.monitor import compute_drift as drift_report
-    from continuous_training.registry import load_reference_sample
 
-    reference = load_reference_sample(collected["model_name"], collected["model_version"])
-    current = pd.read_parquet(collected["path"])
     result = drift_report(
-        reference,
-        current,
+        Path(collected["reference_path"]),
+        Path(collected["path"]),
         report_dir=_lake().drift_report_dir(run_id or "manual"),
         title=f"{collected['model_name']} v{collected['model_version']}: "
         f"{collected['window_start']} .. {collected['window_end']}",

@@ -18,6 +18,7 @@ from continuous_training.config import DatasetContract, DriftPolicy, load_contra
 from continuous_training.monitor import (
     PREDICTION_COLUMN,
     compute_drift,
+    drifted_count_from_report,
     last_retrain_trigger,
     record_retrain_trigger,
     retrain_decision,
@@ -183,8 +184,11 @@ def test_report_files_are_written_and_readable(drifted_result: dict, contract: D
     for col in contract.feature_names:
         assert col in text
     report = json.loads(Path(drifted_result["report_json"]).read_text())
-    judged = {m["config"]["column"] for m in report["metrics"] if m["config"].get("column")}
-    assert judged == {*contract.feature_names, PREDICTION_COLUMN}
+    (counted,) = [m for m in report["metrics"] if m["config"]["type"].endswith("DriftedColumnsCount")]
+    assert set(counted["config"]["columns"]) == {*contract.feature_names, PREDICTION_COLUMN}
+    # The injected columns and the prediction that follows one of them.
+    assert counted["value"]["count"] == len(INJECTED) + 1
+    assert drifted_count_from_report(report) == len(INJECTED) + 1
     summary = json.loads(Path(drifted_result["summary_json"]).read_text())
     assert summary == json.loads(json.dumps(drifted_result))
     assert not list(html.parent.glob(".*.tmp"))
@@ -221,12 +225,70 @@ def test_small_reference_keeps_the_pinned_methods(contract: DatasetContract, tmp
         report_dir=tmp_path,
     )
     report = json.loads(Path(result["report_json"]).read_text())
-    methods = {
-        m["config"]["column"]: m["config"]["method"] for m in report["metrics"] if m["config"].get("column")
-    }
-    assert {methods[c] for c in contract.numeric_features} == {"wasserstein"}
-    assert {methods[c] for c in contract.categorical_features} == {"jensenshannon"}
+    (counted,) = [m for m in report["metrics"] if m["config"]["type"].endswith("DriftedColumnsCount")]
+    assert counted["config"]["num_method"].endswith("-wasserstein")
+    assert counted["config"]["cat_method"].endswith("-jensenshannon")
     assert set(INJECTED) <= set(result["drifted_columns"])
+
+
+def _evidently_scores(reference: pd.DataFrame, current: pd.DataFrame, contract: DatasetContract) -> dict:
+    """Evidently's own functions on the full columns, NaN and +-inf dropped as Evidently drops them."""
+    from evidently.legacy.calculations.stattests.jensenshannon import _jensenshannon
+    from evidently.legacy.calculations.stattests.wasserstein_distance_norm import _wasserstein_distance_norm
+    from evidently.legacy.core import ColumnType
+
+    def clean(series: pd.Series) -> pd.Series:
+        return series.replace([-np.inf, np.inf], np.nan).dropna()
+
+    out = {}
+    for col in contract.numeric_features:
+        ref, cur = clean(reference[col].astype(float)), clean(current[col].astype(float))
+        out[col] = _wasserstein_distance_norm(ref, cur, ColumnType.Numerical, 0.1)[0]
+    for col in contract.categorical_features:
+        ref, cur = clean(reference[col].astype(object)), clean(current[col].astype(object))
+        out[col] = _jensenshannon(ref, cur, ColumnType.Categorical, 0.1)[0]
+    return out
+
+
+def test_scores_are_evidentlys_over_all_rows(contract: DatasetContract, tmp_path: Path) -> None:
+    # The vectorised scores equal Evidently's own functions on every row (not on the report's sample),
+    # with nulls and infinities dropped, unequal sizes, ties, and a level seen on one side only.
+    reference = _reference(contract, seed=11, n=3000)
+    current = _served(contract, seed=12, drifted=True, n=7001)
+    current.loc[::97, "annual_income"] = np.nan
+    current.loc[::89, "years_employed"] = np.inf
+    reference.loc[::53, "savings_balance"] = -np.inf
+    current.loc[::101, "region"] = None
+    current.loc[::7, "loan_purpose"] = "crypto"
+    result = compute_drift(
+        reference, current, contract=contract, policy=POLICY, report_dir=tmp_path, report_rows=500
+    )
+    expected = _evidently_scores(reference, current, contract)
+    for col in contract.feature_names:
+        assert result["scores"][col] == pytest.approx(expected[col], rel=1e-9, abs=1e-12), col
+    assert result["report_sample_rows"] == {"reference": 500, "current": 500}
+    assert result["rows_current"] == 7001
+    html = Path(result["report_html"]).read_text(encoding="utf-8")
+    assert "over all 7,001 rows" in html  # the method named in the report says where the scores come from
+
+
+def test_parquet_paths_are_read_with_categories(contract: DatasetContract, tmp_path: Path) -> None:
+    reference = _reference(contract, seed=13, n=2000)
+    current = _served(contract, seed=14, drifted=True, n=2000)
+    reference.to_parquet(tmp_path / "reference.parquet")
+    current.to_parquet(tmp_path / "current.parquet")
+    from_files = compute_drift(
+        tmp_path / "reference.parquet",
+        tmp_path / "current.parquet",
+        contract=contract,
+        policy=POLICY,
+        report_dir=tmp_path / "files",
+    )
+    from_frames = compute_drift(
+        reference, current, contract=contract, policy=POLICY, report_dir=tmp_path / "frames"
+    )
+    assert from_files["scores"] == pytest.approx(from_frames["scores"], rel=1e-12)
+    assert from_files["drifted_columns"] == from_frames["drifted_columns"] == INJECTED
 
 
 def test_simulated_covariate_shift_is_found_exactly(contract: DatasetContract, tmp_path: Path) -> None:
