@@ -8,7 +8,7 @@ export PYTHONPYCACHEPREFIX ?= $(CURDIR)/.ct/pycache
 # With PYTHONDONTWRITEBYTECODE set no cache is written at all, prefix or not.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install lock demo test test-e2e lint format stack-up stack-down stack-status clean
+.PHONY: install lock demo test test-e2e bench bench-quick lint format stack-up stack-down stack-status clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,12 @@ test: install
 
 test-e2e: install
 	$(BIN)/pytest -m e2e
+
+bench: install  ## every benchmark beside its anchor; table + bench/results/*.json (~15 min)
+	$(BIN)/python -m bench
+
+bench-quick: install  ## smaller sizes, no loop (< 2 min): a check before commit
+	$(BIN)/python -m bench --quick
 
 lint: install
 	$(BIN)/ruff check .

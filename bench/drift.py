@@ -46,6 +46,8 @@ def run(ctx: BenchContext) -> list[Figure]:
 
     injected = set(INJECTED)
     size = f"{current_rows:,} vs {reference_rows:,} rows"
+    # The cost goals are set at 1M rows: at quick sizes both sides are mostly interpreter and imports.
+    judge = (lambda met: None) if ctx.quick else (lambda met: met)
     figures = []
     ours, anchor = measured[("ours", "drifted")], measured[("evidently", "drifted")]
     figures.append(
@@ -56,7 +58,7 @@ def run(ctx: BenchContext) -> list[Figure]:
             ours["wall_s"],
             anchor["wall_s"],
             "<= 1/4 anchor",
-            at_most(ours["wall_s"], anchor["wall_s"] / 4),
+            judge(at_most(ours["wall_s"], anchor["wall_s"] / 4)),
             detail={"ours": ours, "anchor": anchor},
         )
     )
@@ -68,7 +70,7 @@ def run(ctx: BenchContext) -> list[Figure]:
             ours["peak_rss_mb"],
             anchor["peak_rss_mb"],
             "<= 1/2 anchor",
-            at_most(ours["peak_rss_mb"], anchor["peak_rss_mb"] / 2),
+            judge(at_most(ours["peak_rss_mb"], anchor["peak_rss_mb"] / 2)),
         )
     )
     figures.append(
@@ -130,7 +132,7 @@ def run(ctx: BenchContext) -> list[Figure]:
             control_ours["wall_s"],
             control_anchor["wall_s"],
             "<= 1/4 anchor",
-            at_most(control_ours["wall_s"], control_anchor["wall_s"] / 4),
+            judge(at_most(control_ours["wall_s"], control_anchor["wall_s"] / 4)),
         )
     )
     return figures
