@@ -47,13 +47,24 @@ def _evidently_defaults(reference: Path, current: Path, out: Path) -> dict[str, 
     html, js = out / "drift_report.html", out / "drift_report.json"
     snapshot.save_html(str(html))
     snapshot.save_json(str(js))
+    # The snapshot names each column's method by its display name ("Wasserstein distance (normed)").
+    from evidently.legacy.calculations.stattests.registry import get_registered_stattest
+    from evidently.legacy.core import ColumnType
+
+    distances = set()
+    for name in _DISTANCES:
+        for column_type in (ColumnType.Numerical, ColumnType.Categorical):
+            try:
+                distances.add(get_registered_stattest(name, column_type).display_name)
+            except Exception:  # the method does not apply to this column type
+                continue
     drifted = []
     for metric in json.loads(js.read_text())["metrics"]:
         config = metric.get("config") or {}
         if not config.get("type", "").endswith(":ValueDrift"):
             continue
         value, threshold = float(metric["value"]), float(config["threshold"])
-        flagged = value >= threshold if config["method"] in _DISTANCES else value < threshold
+        flagged = value >= threshold if config["method"] in distances else value < threshold
         if flagged:
             drifted.append(config["column"])
     return {"drifted": sorted(drifted), "report_html": str(html)}
