@@ -269,6 +269,11 @@ def test_predict_scores_match_the_pipeline_in_every_body_format(
     np.testing.assert_allclose(scores, expected_scores(models["first"], rows), rtol=1e-12, atol=0)
 
 
+def test_the_project_model_is_served_by_the_compiled_scorer(served: TestClient) -> None:
+    # build_pipeline's model qualifies for the compiled scorer; the scores test above checks them.
+    assert served.get("/health").json()["scorer"] == "compiled"
+
+
 def test_request_id_is_generated_when_absent(served: TestClient) -> None:
     response = served.post("/predict", json={"rows": records(synthetic_rows(1, seed=3))})
     assert response.status_code == 200

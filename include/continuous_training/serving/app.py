@@ -3,10 +3,13 @@
 Start it with ``uvicorn continuous_training.serving.app:create_app --factory --workers 2``. Each
 worker process holds its own model, polls the registry alias and logs its predictions to the lake.
 
-Serving notes (measured, see MLFLOW-SERVING-NOTES.md): the model runs in a worker thread, never on
-the event loop, and the process should run with ``OMP_NUM_THREADS=1`` (``ct stack up`` sets it):
-HistGradientBoosting's OpenMP spin-waits otherwise collapse throughput. Bodies are parsed and
-responses written with orjson, and the frame is built column-wise from the parsed JSON.
+Serving notes (measured, see MLFLOW-SERVING-NOTES.md and ``bench/serving.py``): bodies are parsed
+with orjson into typed columns, without a DataFrame. A HistGradientBoosting champion is scored by a
+compiled scorer (:class:`HistGradientBoostingScorer`: the same trees without scikit-learn's per-call
+validation and ColumnTransformer, checked bit-identical to ``predict_proba`` at load) on one OpenMP
+thread, on the event loop for bodies up to :data:`INLINE_MAX_BODY_BYTES`. Other models, and larger
+bodies, are scored in a worker thread; the process should run with ``OMP_NUM_THREADS=1`` (``ct stack
+up`` sets it): HistGradientBoosting's OpenMP spin-waits otherwise collapse throughput.
 
 Endpoints:
     ``POST /predict``: score rows (three body formats, see :func:`frame_from_body`).
@@ -16,13 +19,14 @@ Endpoints:
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +50,11 @@ ALIAS = "champion"
 BODY_FORMATS = ("rows", "dataframe_records", "dataframe_split")
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID_LENGTH = 128
+# Bodies up to this size are scored on the event loop when the compiled scorer serves (a 100-row
+# body is ~55 KB and scores in ~3 ms): the hop to a worker thread and the GIL handoffs between many
+# scoring threads cost more than they save and widen the latency tail (measured, see bench/serving.py).
+# Larger bodies, and models scored by predict_proba (OpenMP), go to a worker thread.
+INLINE_MAX_BODY_BYTES = 256 * 1024
 # How long startup waits for the first alias lookup before serving 503s; MLflow's client retries
 # an unreachable server for minutes, and a worker must come up (and report no_model) regardless.
 STARTUP_WAIT_SECONDS = 30.0
@@ -232,8 +241,11 @@ def _columns_from_split(split: Any, wanted: list[str], key: str) -> dict[str, li
     return columns
 
 
-def frame_from_body(body: bytes, contract: DatasetContract) -> pd.DataFrame:
-    """Parse and check a ``/predict`` body into a typed frame of the contract's features.
+def columns_from_body(body: bytes, contract: DatasetContract) -> tuple[dict[str, np.ndarray], int]:
+    """Parse and check a ``/predict`` body into typed columns of the contract's features.
+
+    The request path works on these columns directly: building a DataFrame per request costs more
+    than scoring one row (see :func:`frame_from_body` for the frame).
 
     Accepted bodies: ``{"rows": [{...}, ...]}``, MLflow's ``{"dataframe_records": [{...}, ...]}`` and
     ``{"dataframe_split": {"columns": [...], "data": [[...], ...]}}``. Every contract feature must
@@ -247,8 +259,8 @@ def frame_from_body(body: bytes, contract: DatasetContract) -> pd.DataFrame:
         contract: the dataset contract.
 
     Returns:
-        One row per request row: the features in contract order (float64 for numbers, object
-        holding str for text), plus the key column (str or None) when the request has it.
+        The columns (features in contract order: float64 arrays for numbers, object arrays holding
+        str for text; plus the key column, str or None, when the request has it) and the row count.
 
     Raises:
         RequestError: the body is not JSON, not one of the formats, has no rows, or a row lacks a
@@ -283,6 +295,27 @@ def frame_from_body(body: bytes, contract: DatasetContract) -> pd.DataFrame:
         ids = np.empty(n_rows, dtype=object)
         ids[:] = [None if v is None else str(v) for v in raw[key]]
         columns[key] = ids
+    return columns, n_rows
+
+
+def frame_from_body(body: bytes, contract: DatasetContract) -> pd.DataFrame:
+    """Parse and check a ``/predict`` body into a typed frame of the contract's features.
+
+    Accepted bodies and checks: see :func:`columns_from_body`.
+
+    Args:
+        body: the raw request body.
+        contract: the dataset contract.
+
+    Returns:
+        One row per request row: the features in contract order (float64 for numbers, object
+        holding str for text), plus the key column (str or None) when the request has it.
+
+    Raises:
+        RequestError: the body is not JSON, not one of the formats, has no rows, or a row lacks a
+            feature or holds a wrongly typed value (the row index and column are named).
+    """
+    columns, _ = columns_from_body(body, contract)
     return pd.DataFrame(columns, copy=False)
 
 
@@ -308,6 +341,194 @@ def sample_frame(contract: DatasetContract) -> pd.DataFrame:
     return pd.DataFrame(row)
 
 
+# ---------------------------------------------------------------------------------------- the scorer
+
+#: ``scorer(columns, n_rows) -> scores``: the positive-class probability of each row, float64.
+Scorer = Callable[[Mapping[str, np.ndarray], int], np.ndarray]
+#: The kind of scorer :func:`compile_scorer` returns when the fast path is exact.
+COMPILED = "compiled"
+#: Rows of the load-time check that a compiled scorer equals ``predict_proba``, besides the corners.
+CHECK_ROWS = 64
+
+
+def frame_scorer(model: Any, features: list[str]) -> Scorer:
+    """The general scorer: ``model.predict_proba`` on a DataFrame of the features, column 1.
+
+    Args:
+        model: anything with scikit-learn's ``predict_proba``.
+        features: the feature columns, in the order the model was trained on.
+
+    Returns:
+        The scorer.
+    """
+
+    def score(columns: Mapping[str, np.ndarray], n_rows: int) -> np.ndarray:
+        frame = pd.DataFrame({name: columns[name] for name in features}, copy=False)
+        return np.ascontiguousarray(np.asarray(model.predict_proba(frame))[:, 1], dtype=np.float64)
+
+    return score
+
+
+class HistGradientBoostingScorer:
+    """``predict_proba(X)[:, 1]`` of a fitted binary HistGradientBoostingClassifier, without pandas.
+
+    On one row, scikit-learn's ``predict_proba`` spends about three quarters of its ~6 ms in input
+    validation and in the ColumnTransformer that ordinal-encodes the categorical columns (measured
+    here). This scorer encodes with one dict lookup per value, in the column order that transformer
+    produces (categorical columns first, then numeric), then adds the same fitted trees'
+    ``TreePredictor.predict`` to the same baseline in the same order and applies the same link: the
+    arithmetic is scikit-learn's own, so the scores are bit-identical. It reads private attributes
+    of the estimator (``_preprocessor``, ``_predictors``, ``_bin_mapper``, ``_baseline_prediction``,
+    ``_loss``), so :func:`compile_scorer` only uses it after checking it against ``predict_proba``.
+
+    Args:
+        estimator: the fitted classifier (trained on a DataFrame, so it knows its feature names).
+
+    Raises:
+        ValueError: the estimator is not binary, or its preprocessing is not the one described.
+    """
+
+    def __init__(self, estimator: Any) -> None:
+        if estimator.n_trees_per_iteration_ != 1 or len(estimator.classes_) != 2:
+            raise ValueError("not a binary classifier")
+        names = [str(name) for name in estimator.feature_names_in_]
+        is_categorical = estimator.is_categorical_
+        mask = np.zeros(len(names), bool) if is_categorical is None else np.asarray(is_categorical, bool)
+        self._categorical: list[tuple[str, dict[str, float]]] = []
+        preprocessor = estimator._preprocessor
+        if preprocessor is None:
+            if mask.any():
+                raise ValueError("categorical features without a preprocessor")
+        else:
+            steps = {name: (step, columns) for name, step, columns in preprocessor.transformers_}
+            encoder, encoded = steps["encoder"]
+            _, numeric = steps["numerical"]
+            if not (np.array_equal(np.asarray(encoded), mask) and np.array_equal(np.asarray(numeric), ~mask)):
+                raise ValueError("the preprocessor's column selection differs from is_categorical_")
+            if not (np.isnan(encoder.unknown_value) and np.isnan(encoder.encoded_missing_value)):
+                raise ValueError("unknown or missing categories are not encoded as NaN")
+            categorical = [names[i] for i in np.flatnonzero(mask)]
+            for name, categories in zip(categorical, encoder.categories_, strict=True):
+                # NaN among the categories is "missing", encoded NaN like unknown values.
+                codes = {value: float(i) for i, value in enumerate(categories) if isinstance(value, str)}
+                self._categorical.append((name, codes))
+        self._numeric = [names[i] for i in np.flatnonzero(~mask)]
+        self.features = names
+        self._bitsets, self._f_idx_map = estimator._bin_mapper.make_known_categories_bitsets()
+        self._predictors = [iteration[0] for iteration in estimator._predictors]
+        self._baseline = estimator._baseline_prediction
+        self._loss = estimator._loss
+        # One thread: rows are scored independently, so the scores do not depend on it, and the
+        # endpoint may call this on its event loop, where OpenMP's spin-waiting threads must not run.
+        self._n_threads = 1
+
+    def __call__(self, columns: Mapping[str, np.ndarray], n_rows: int) -> np.ndarray:
+        """Score ``n_rows`` rows given as columns (numbers float64, categories str or None)."""
+        X = np.empty((n_rows, len(self.features)), dtype=np.float64)
+        nan = float("nan")
+        j = 0
+        for name, codes in self._categorical:
+            get = codes.get
+            X[:, j] = [get(value, nan) for value in columns[name]]
+            j += 1
+        for name in self._numeric:
+            X[:, j] = columns[name]
+            j += 1
+        raw = np.zeros((n_rows, 1), dtype=self._baseline.dtype, order="F")
+        raw += self._baseline
+        total = raw[:, 0]
+        for predictor in self._predictors:
+            total += predictor.predict(X, self._bitsets, self._f_idx_map, self._n_threads)
+        return np.ascontiguousarray(self._loss.predict_proba(raw)[:, 1], dtype=np.float64)
+
+
+def check_columns(
+    contract: DatasetContract, rows: int = CHECK_ROWS, seed: int = 0
+) -> tuple[dict[str, np.ndarray], int]:
+    """Rows that exercise a scorer: random values in range, every known category, an unseen one, nulls.
+
+    Args:
+        contract: the dataset contract.
+        rows: random rows besides the fixed corner rows.
+        seed: the random seed.
+
+    Returns:
+        Columns as :func:`columns_from_body` returns them, and the row count.
+    """
+    rng = np.random.default_rng(seed)
+    longest = max((len(c.values or ()) for c in contract.features), default=0)
+    n = rows + longest + 2
+    columns: dict[str, np.ndarray] = {}
+    for col in contract.features:
+        if col.is_numeric:
+            low = float(col.min) if col.min is not None else -1000.0
+            high = float(col.max) if col.max is not None else low + 2000.0
+            values = rng.uniform(low, high, n)
+            if col.type == "integer":
+                values = np.round(values)
+            values[:2] = (low, high)
+            if col.nullable:
+                values[2::7] = np.nan
+            columns[col.name] = values
+        else:
+            known = [str(v) for v in col.values or ()]
+            choices = [*known, "__never_seen__"]
+            array = np.empty(n, dtype=object)
+            array[:] = [choices[i] for i in rng.integers(0, len(choices), n)]
+            array[rows : rows + len(known)] = known
+            array[-1] = "__never_seen__"
+            if col.nullable:
+                array[3::5] = None
+            columns[col.name] = array
+    return columns, n
+
+
+def _final_estimator(model: Any) -> Any:
+    """The estimator a pipeline of pass-through steps ends with (the model itself otherwise)."""
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(model, Pipeline):
+        if any(step not in (None, "passthrough") for _, step in model.steps[:-1]):
+            return None
+        return model.steps[-1][1]
+    return model
+
+
+def compile_scorer(model: Any, contract: DatasetContract) -> tuple[Scorer, str]:
+    """The fastest scorer whose scores equal ``model.predict_proba(frame)[:, 1]`` exactly.
+
+    A (pipeline ending in a) binary ``HistGradientBoostingClassifier`` gets a
+    :class:`HistGradientBoostingScorer` if it gives bit-identical scores on :func:`check_columns`;
+    any other model, or one that fails the check, is scored by :func:`frame_scorer`.
+
+    Args:
+        model: the loaded model.
+        contract: the dataset contract.
+
+    Returns:
+        The scorer and its kind: ``"compiled"`` or ``"predict_proba"``.
+    """
+    features = contract.feature_names
+    general = frame_scorer(model, features)
+    try:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        estimator = _final_estimator(model)
+        if type(estimator) is not HistGradientBoostingClassifier:
+            return general, "predict_proba"
+        fast = HistGradientBoostingScorer(estimator)
+        if fast.features != features:
+            raise ValueError(f"trained on {fast.features}, not the contract's features {features}")
+        columns, n = check_columns(contract)
+        expected, got = general(columns, n), fast(columns, n)
+        if not np.array_equal(expected, got):
+            raise ValueError(f"scores differ from predict_proba by up to {np.max(np.abs(expected - got)):g}")
+    except Exception as exc:
+        log.warning("Compiled scorer not used (%s: %s); scoring with predict_proba", type(exc).__name__, exc)
+        return general, "predict_proba"
+    return fast, COMPILED
+
+
 # ----------------------------------------------------------------------------------------- the model
 
 
@@ -319,6 +540,8 @@ class ServedModel:
     version: str
     model: Any
     loaded_at: datetime
+    scorer: Scorer
+    scorer_kind: str
 
 
 def load_model_version(name: str, version: str) -> Any:
@@ -478,14 +701,16 @@ class ModelHolder:
             serving = self._current.version if self._current else None
             log.exception("%s; still serving version %s", message, serving)
             return
+        scorer, kind = compile_scorer(model, self.contract)
         previous = self._current
-        self._current = ServedModel(self.model_name, version, model, datetime.now(UTC))
+        self._current = ServedModel(self.model_name, version, model, datetime.now(UTC), scorer, kind)
         self._failed = None
         log.info(
-            "Serving %s version %s (was %s), loaded in %.1f s",
+            "Serving %s version %s (was %s, scorer %s), loaded in %.1f s",
             self.model_name,
             version,
             previous.version if previous else None,
+            kind,
             time.monotonic() - started,
         )
 
@@ -528,6 +753,7 @@ class ModelHolder:
             "model_version": served.version if served else None,
             "pid": os.getpid(),
             "loaded_at": served.loaded_at.isoformat() if served else None,
+            "scorer": served.scorer_kind if served else None,
             "last_error": self.last_error,
         }
 
@@ -582,7 +808,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     flush_seconds = _env_seconds("CT_ENDPOINT_FLUSH_SECONDS", 2.0)
     holder = ModelHolder(settings.mlflow_tracking_uri, model_name, contract, poll_seconds)
     predlog = PredictionLog(Lake(settings.lake), flush_seconds=flush_seconds, contract=contract)
-    features = contract.feature_names
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -598,6 +823,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.mlflow_tracking_uri,
                 STARTUP_WAIT_SECONDS,
             )
+        # mlflow, scikit-learn and the model leave ~240k long-lived objects; a full collection over
+        # them stalled a worker ~75 ms (measured). Frozen, later collections skip them.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -614,17 +843,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predlog = predlog
     app.state.contract = contract
 
-    def score(body: bytes, request_id: str) -> dict[str, Any]:
-        # Runs in a worker thread: parsing, predict_proba and the log append stay off the event loop.
-        served = holder.current
-        if served is None:
-            raise NoModelError
+    def score(served: ServedModel, body: bytes, request_id: str) -> dict[str, Any]:
+        # On the event loop or in a worker thread (see predict): parse, score, buffer the log rows.
         served_at = datetime.now(UTC)
-        frame = frame_from_body(body, contract)
-        proba = served.model.predict_proba(frame[features])
-        scores = np.ascontiguousarray(np.asarray(proba)[:, 1], dtype=np.float64)
+        columns, n_rows = columns_from_body(body, contract)
+        scores = served.scorer(columns, n_rows)
         predlog.append(
-            frame,
+            columns,
             scores,
             request_id=request_id,
             model_name=served.name,
@@ -641,16 +866,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/predict")
     async def predict(request: Request) -> Response:
         """Score the rows of the body with the champion model."""
-        request_id = uuid.uuid4().hex
+        request_id = ""
         try:
             request_id = _request_id(request)
             body = await request.body()
-            result = await run_in_threadpool(score, body, request_id)
+            served = holder.current
+            if served is None:
+                raise NoModelError
+            if served.scorer_kind == COMPILED and len(body) <= INLINE_MAX_BODY_BYTES:
+                result = score(served, body, request_id)
+            else:
+                result = await run_in_threadpool(score, served, body, request_id)
         except RequestError as exc:
+            # Only an invalid X-Request-ID header fails before the id exists.
+            request_id = request_id or uuid.uuid4().hex
+            # The endpoint runs without an access log: refused requests are logged here.
+            log.warning("Refused request %s (422): %s", request_id, exc)
             return OrjsonResponse(
                 exc.body(request_id), status_code=422, headers={REQUEST_ID_HEADER: request_id}
             )
         except NoModelError:
+            log.warning("Refused request %s (503): no %r model of %r loaded", request_id, ALIAS, model_name)
             content = {
                 "request_id": request_id,
                 "error": f"no {ALIAS!r} model of {model_name!r} is loaded yet",

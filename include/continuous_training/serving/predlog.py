@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -70,17 +70,37 @@ def _to_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 @dataclass(frozen=True)
 class _Piece:
     """One append: a request's rows, kept as given until the flusher turns them into Arrow."""
 
-    frame: pd.DataFrame
+    columns: pd.DataFrame | Mapping[str, Any]
+    rows: int
     scores: np.ndarray
-    row_ids: list[str]
     request_id: str
     model_name: str
     model_version: str
     served_at: datetime
+
+
+def _float_column(values: Any) -> np.ndarray:
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        return values
+    return pd.to_numeric(pd.Series(values)).to_numpy(np.float64)
+
+
+def _text_column(values: np.ndarray) -> pa.Array:
+    try:
+        # The endpoint's text columns hold str or None only: Arrow converts those without Python.
+        return pa.array(values, pa.string(), from_pandas=True)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        # Other callers may pass numbers as categories: logged as their text.
+        texts = [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values]
+        return pa.array(texts, pa.string())
 
 
 class PredictionLog:
@@ -118,6 +138,7 @@ class PredictionLog:
         self.contract = contract or load_contract()
         self.schema = prediction_schema(self.contract)
         self._features = self.contract.features
+        self._feature_names = [c.name for c in self._features]
         self._key = self.contract.key
         self._pieces: list[_Piece] = []
         self._rows = 0
@@ -136,7 +157,7 @@ class PredictionLog:
 
     def append(
         self,
-        frame: pd.DataFrame,
+        frame: pd.DataFrame | Mapping[str, Any],
         scores: Sequence[float] | np.ndarray,
         *,
         request_id: str,
@@ -147,9 +168,10 @@ class PredictionLog:
         """Buffer one request's rows and scores.
 
         Args:
-            frame: the rows as served: every contract feature column, optionally the key column
-                (its non-null values become ``row_id``); other columns are ignored. Not copied: do
-                not mutate it afterwards.
+            frame: the rows as served, as a DataFrame or a mapping of column -> values (arrays of
+                equal length): every contract feature column, optionally the key column (its
+                non-null values become ``row_id``); other columns are ignored. Not copied: do not
+                mutate it afterwards.
             scores: one score per row.
             request_id: the request's id.
             model_name: registered model name that produced the scores.
@@ -157,28 +179,33 @@ class PredictionLog:
             served_at: when the request was served; default now (UTC). Naive values are UTC.
 
         Raises:
-            ValueError: a feature column is missing or ``scores`` has the wrong length.
+            ValueError: a feature column is missing, the columns differ in length or ``scores`` has
+                the wrong length.
         """
-        missing = [c.name for c in self._features if c.name not in frame.columns]
+        missing = [c.name for c in self._features if c.name not in frame]
         if missing:
             raise ValueError(f"prediction log: frame lacks the contract feature column(s) {missing}")
+        if isinstance(frame, pd.DataFrame):
+            rows = len(frame)
+        else:
+            lengths = {name: len(frame[name]) for name in self._feature_names}
+            rows = len(frame[self._feature_names[0]])
+            if len(set(lengths.values())) != 1:
+                raise ValueError(
+                    f"prediction log: columns of unequal lengths {lengths} (request {request_id})"
+                )
         values = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if len(values) != len(frame):
+        if len(values) != rows:
             raise ValueError(
-                f"prediction log: {len(values)} scores for {len(frame)} rows (request {request_id}); "
+                f"prediction log: {len(values)} scores for {rows} rows (request {request_id}); "
                 "expected one score per row"
             )
-        if len(frame) == 0:
+        if rows == 0:
             return
-        row_ids = [f"{request_id}:{i}" for i in range(len(frame))]
-        if self._key in frame.columns:
-            for i, key in enumerate(frame[self._key].tolist()):
-                if key is not None and not (isinstance(key, float) and np.isnan(key)):
-                    row_ids[i] = str(key)
         piece = _Piece(
-            frame=frame,
+            columns=frame,
+            rows=rows,
             scores=values,
-            row_ids=row_ids,
             request_id=str(request_id),
             model_name=str(model_name),
             model_version=str(model_version),
@@ -186,7 +213,7 @@ class PredictionLog:
         )
         with self._lock:
             self._pieces.append(piece)
-            self._rows += len(frame)
+            self._rows += rows
             full = self._rows >= self.max_rows
         if full:
             if self._thread is not None and self._thread.is_alive():
@@ -194,26 +221,53 @@ class PredictionLog:
             else:
                 self.flush()
 
-    def _piece_table(self, piece: _Piece) -> pa.Table:
-        n = len(piece.frame)
+    def _row_ids(self, pieces: list[_Piece], request_ids: np.ndarray, counts: list[int]) -> pa.Array:
+        """The key column's values where sent and not null, else ``<request_id>:<row index>``."""
+        keys = np.concatenate(
+            [
+                np.asarray(p.columns[self._key], dtype=object)
+                if self._key in p.columns
+                else np.full(p.rows, None, dtype=object)
+                for p in pieces
+            ]
+        )
+        row_ids = _text_column(keys)
+        if row_ids.null_count:
+            filled = row_ids.to_numpy(zero_copy_only=False)
+            missing = np.flatnonzero(row_ids.is_null().to_numpy(zero_copy_only=False))
+            starts = np.repeat(np.cumsum([0, *counts[:-1]]), counts)
+            filled[missing] = [f"{request_ids[i]}:{i - starts[i]}" for i in missing]
+            row_ids = pa.array(filled, pa.string())
+        return row_ids
+
+    def _table(self, pieces: list[_Piece]) -> pa.Table:
+        """One Arrow table of many appends: each column converted once, not once per request."""
+        counts = [p.rows for p in pieces]
+
+        def repeated(values: list[Any]) -> np.ndarray:
+            array = np.empty(len(values), dtype=object)
+            array[:] = values
+            return np.repeat(array, counts)
+
+        micros = np.repeat(
+            np.array([(p.served_at - _EPOCH) // _MICROSECOND for p in pieces], np.int64), counts
+        )
+        request_ids = repeated([p.request_id for p in pieces])
         columns: dict[str, Any] = {
-            "request_id": pa.array([piece.request_id] * n, pa.string()),
-            "row_id": pa.array(piece.row_ids, pa.string()),
-            "served_at": pa.array([piece.served_at] * n, pa.timestamp("us", tz="UTC")),
-            "model_name": pa.array([piece.model_name] * n, pa.string()),
-            "model_version": pa.array([piece.model_version] * n, pa.string()),
+            "request_id": pa.array(request_ids, pa.string()),
+            "row_id": self._row_ids(pieces, request_ids, counts),
+            "served_at": pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "model_name": pa.array(repeated([p.model_name for p in pieces]), pa.string()),
+            "model_version": pa.array(repeated([p.model_version for p in pieces]), pa.string()),
         }
         for col in self._features:
-            series = piece.frame[col.name]
             if col.is_numeric:
-                columns[col.name] = pa.array(pd.to_numeric(series).to_numpy(np.float64), pa.float64())
+                values = np.concatenate([_float_column(p.columns[col.name]) for p in pieces])
+                columns[col.name] = pa.array(values, pa.float64())
             else:
-                # The endpoint sends str already; other callers may pass numbers as categories.
-                texts = [
-                    None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in series
-                ]
-                columns[col.name] = pa.array(texts, pa.string())
-        columns[SCORE_COLUMN] = pa.array(piece.scores, pa.float64())
+                parts = [np.asarray(p.columns[col.name], dtype=object) for p in pieces]
+                columns[col.name] = _text_column(np.concatenate(parts))
+        columns[SCORE_COLUMN] = pa.array(np.concatenate([p.scores for p in pieces]), pa.float64())
         return pa.table(columns, schema=self.schema)
 
     def _write(self, day: date, table: pa.Table) -> Path:
@@ -255,7 +309,7 @@ class PredictionLog:
             try:
                 while pending:
                     day, day_pieces = pending[0]
-                    table = pa.concat_tables([self._piece_table(p) for p in day_pieces])
+                    table = self._table(day_pieces)
                     path = self._write(day, table)
                     pending.pop(0)
                     written += table.num_rows
@@ -268,13 +322,13 @@ class PredictionLog:
     def _requeue(self, pieces: list[_Piece]) -> None:
         with self._lock:
             self._pieces[:0] = pieces
-            self._rows += sum(len(p.frame) for p in pieces)
+            self._rows += sum(p.rows for p in pieces)
             limit = self.max_rows * _MAX_BUFFER_FACTOR
             dropped = 0
             while self._rows > limit and len(self._pieces) > 1:
                 oldest = self._pieces.pop(0)
-                self._rows -= len(oldest.frame)
-                dropped += len(oldest.frame)
+                self._rows -= oldest.rows
+                dropped += oldest.rows
         if dropped:
             log.error("Prediction log: lake unwritable, dropped the %d oldest buffered rows", dropped)
 

@@ -1,0 +1,601 @@
+"""Benchmark 1: our prediction endpoint against MLflow's scoring server, on the same champion.
+
+Both servers serve the bench registry's ``champion`` with 2 workers on loopback: ours is the bench
+stack's ``endpoint`` part (started as production starts it), the anchor is
+``mlflow models serve -m models:/<name>@champion --env-manager local -w 2``, started as a user would
+(the venv's ``bin`` first on PATH, OpenMP left at its default). The same wrk (Debian's package) with
+the same Lua script posts the same bytes to each, 16 connections on 2 threads: a warm-up, then the
+measured run, for a 1-row and a 100-row ``dataframe_records`` body of simulated served traffic, one
+server at a time. A 100-row body posted to both gives the predictions compared. The in-process floor
+is ``predict_proba`` of the same version, loaded with the project's loader, on frames built as the
+endpoint builds them, in a child process with ``OMP_NUM_THREADS=1`` as the endpoint runs.
+
+``python -m bench.serving floor ...`` is that child (it prints one JSON line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.core import (
+    REPO,
+    BenchContext,
+    Figure,
+    at_least,
+    at_most,
+    child_env,
+    free_port,
+    measure_process,
+    python_cmd,
+    wait_until,
+)
+
+log = logging.getLogger(__name__)
+
+BENCH = "serving"
+BODY_ROWS = (1, 100)
+CONNECTIONS = 16
+THREADS = 2
+WORKERS = 2
+#: (warm-up seconds, measured seconds) per body and server.
+FULL_SECONDS = (3, 20)
+QUICK_SECONDS = (1, 4)
+#: predict_proba calls timed per frame in the floor (median reported).
+FULL_CALLS = 400
+QUICK_CALLS = 60
+#: Slow enough for the anchor's worst requests: wrk counts a reply later than this as a timeout error.
+WRK_TIMEOUT = "10s"
+LUA = REPO / "bench" / "wrk" / "post_json.lua"
+#: ``mlflow models serve`` took 20-58 s to answer on this machine (MLFLOW-SERVING-NOTES.md).
+MLFLOW_SERVE_TIMEOUT_S = 240.0
+ENDPOINT_TIMEOUT_S = 120.0
+#: Largest |our score - MLflow's score| accepted as "identical predictions".
+MAX_DIFF = 1e-12
+
+
+# ------------------------------------------------------------------------------------------ tools
+
+
+def ensure_wrk(ctx: BenchContext) -> str:
+    """The path of ``wrk``, installed from Debian's packages if missing.
+
+    Raises:
+        RuntimeError: wrk is missing and ``apt-get install -y wrk`` did not provide it.
+    """
+    found = shutil.which("wrk")
+    if found:
+        return found
+    ctx.log("wrk not found: apt-get install -y wrk")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    attempts = [
+        ["apt-get", "install", "-y", "wrk"],
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "wrk"],
+    ]
+    output = ""
+    for args in attempts:
+        try:
+            done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=False)
+        except OSError as exc:
+            output = f"{' '.join(args)}: {exc}"
+            break
+        output = done.stdout[-1500:] + done.stderr[-1500:]
+        if shutil.which("wrk"):
+            return str(shutil.which("wrk"))
+    raise RuntimeError(
+        "the serving benchmark needs wrk (Debian package `wrk`) and `apt-get install -y wrk` did not "
+        f"install it; install it by hand (as root) and run again. Last output:\n{output}"
+    )
+
+
+def write_bodies(folder: Path) -> dict[int, Path]:
+    """The request bodies: simulated served traffic as ``{"dataframe_records": [...]}``.
+
+    Rows are what clients send (:func:`continuous_training.simulate.client_requests`: the day's
+    applications without the label, key and timestamp included), from the bench's fixed seed.
+
+    Returns:
+        ``{rows: path}`` for each size in :data:`BODY_ROWS`.
+    """
+    import orjson
+
+    from bench.data import simulated_rows
+    from continuous_training.config import load_contract
+    from continuous_training.simulate import to_json_rows
+
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = simulated_rows(max(BODY_ROWS), drift=False).drop(columns=[load_contract().target])
+    records = to_json_rows(frame)
+    paths = {}
+    for rows in BODY_ROWS:
+        path = folder / f"body-{rows}-rows.json"
+        path.write_bytes(orjson.dumps({"dataframe_records": records[:rows]}))
+        paths[rows] = path
+    return paths
+
+
+def http(url: str, body: bytes | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
+    """GET (or POST ``body`` as JSON) ``url``; the status and body, also for 4xx/5xx answers.
+
+    Raises:
+        OSError: no answer (connection refused, timeout).
+    """
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST" if body else "GET")
+    # The bench talks to loopback only: never through a proxy from the environment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return http(url, timeout=5.0)[0] == 200
+    except OSError:
+        return False
+
+
+def run_wrk(wrk: str, url: str, body: Path, seconds: int) -> dict[str, Any]:
+    """One wrk run against ``url`` posting ``body``: its JSON summary plus the raw output.
+
+    Raises:
+        RuntimeError: wrk failed or printed no summary.
+    """
+    args = [
+        wrk,
+        f"-t{THREADS}",
+        f"-c{CONNECTIONS}",
+        f"-d{seconds}s",
+        f"--timeout={WRK_TIMEOUT}",
+        "--latency",
+        "-s",
+        str(LUA),
+        url,
+    ]
+    done = subprocess.run(
+        args, env={**os.environ, "WRK_BODY": str(body)}, capture_output=True, text=True, timeout=seconds + 60
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{' '.join(args)} exited with {done.returncode} and no summary; "
+            f"stdout:\n{done.stdout[-1500:]}\nstderr:\n{done.stderr[-1500:]}"
+        )
+    summary = json.loads(lines[-1])
+    seconds_run = summary["duration_us"] / 1e6
+    summary["req_per_s"] = summary["requests"] / seconds_run if seconds_run else 0.0
+    summary["errors_total"] = sum(summary["errors"].values())
+    summary["raw"] = done.stdout
+    return summary
+
+
+def load_server(ctx: BenchContext, wrk: str, url: str, bodies: dict[int, Path], who: str) -> dict[int, dict]:
+    """Warm up then measure ``url`` with each body, one after the other."""
+    warm, measure = QUICK_SECONDS if ctx.quick else FULL_SECONDS
+    results = {}
+    for rows, body in bodies.items():
+        warmed = run_wrk(wrk, url, body, warm)
+        result = run_wrk(wrk, url, body, measure)
+        result["rows_per_s"] = result["req_per_s"] * rows
+        result["warmup"] = {k: warmed[k] for k in ("requests", "errors", "req_per_s")}
+        results[rows] = result
+        ctx.log(
+            f"{who}, {rows}-row body: {result['req_per_s']:.0f} req/s, {result['rows_per_s']:.0f} rows/s, "
+            f"p50 {result['latency_us']['p50'] / 1000:.1f} ms, p99 {result['latency_us']['p99'] / 1000:.1f} ms, "
+            f"{result['errors_total']} errors"
+        )
+    return results
+
+
+def positive_scores(answer: bytes, who: str) -> list[float]:
+    """The positive-class scores of a ``/predict`` or ``/invocations`` answer.
+
+    Ours: ``{"predictions": [p, ...]}``. MLflow's (``pyfunc_predict_fn="predict_proba"``):
+    ``{"predictions": [[p0, p1], ...]}``.
+
+    Raises:
+        RuntimeError: the answer has another shape.
+    """
+    payload = json.loads(answer)
+    predictions = payload.get("predictions") if isinstance(payload, dict) else None
+    if not isinstance(predictions, list) or not predictions:
+        raise RuntimeError(f"{who}: expected {{'predictions': [...]}}, got {answer[:300]!r}")
+    if all(isinstance(p, list) and len(p) == 2 for p in predictions):
+        return [float(p[1]) for p in predictions]
+    if all(isinstance(p, int | float) for p in predictions):
+        return [float(p) for p in predictions]
+    raise RuntimeError(f"{who}: expected one score or one [p0, p1] pair per row, got {answer[:300]!r}")
+
+
+# ---------------------------------------------------------------------------------------- servers
+
+
+def start_mlflow_serve(model: dict[str, Any], port: int, log_path: Path) -> subprocess.Popen:
+    """``mlflow models serve`` of the champion, as a user would start it, in its own process group."""
+    bindir = Path(sys.executable).parent
+    env = child_env(MLFLOW_TRACKING_URI=model["tracking_uri"])
+    env["PATH"] = os.pathsep.join([str(bindir), env.get("PATH", "")])
+    # As a user would run it: OpenMP at its default, whatever this shell had.
+    for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY"):
+        env.pop(name, None)
+    args = [
+        str(bindir / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{model['model_name']}@champion",
+        "--env-manager",
+        "local",
+        "-w",
+        str(WORKERS),
+        "-p",
+        str(port),
+        "-h",
+        "127.0.0.1",
+    ]
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM the process group of ``proc``, SIGKILL it if it lingers (idempotent)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    # Workers may outlive the leader: clear the group whatever the leader did.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def wait_mlflow_serve(proc: subprocess.Popen, url: str, log_path: Path) -> float:
+    """Wait until the scoring server answers ``/ping``; the seconds this call waited.
+
+    Raises:
+        RuntimeError: the server exited or did not answer in time (its log tail included).
+    """
+    started = time.monotonic()
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"mlflow models serve exited with {proc.returncode}; log tail:\n{tail}")
+        return _answers(f"{url}/ping")
+
+    try:
+        wait_until(ready, f"mlflow models serve on {url}", MLFLOW_SERVE_TIMEOUT_S)
+    except RuntimeError as exc:
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{exc}; log {log_path} tail:\n{tail}") from exc
+    return time.monotonic() - started
+
+
+def start_endpoint(model: dict[str, Any]) -> tuple[str, float]:
+    """Start the bench stack's endpoint part; wait until it serves the champion's version.
+
+    Returns:
+        The endpoint's base URL and the seconds it took to serve.
+    """
+    from continuous_training.settings import load_settings
+    from continuous_training.stack import stack_up
+
+    started = time.monotonic()
+    settings = load_settings()
+    stack_up(settings, parts=["endpoint"])
+    url = settings.endpoint_url.rstrip("/")
+    pids: set[int] = set()
+
+    def serving() -> bool:
+        try:
+            status, body = http(f"{url}/health", timeout=5.0)
+        except OSError:
+            return False
+        health = json.loads(body) if status == 200 else {}
+        if health.get("status") == "ok" and str(health.get("model_version")) == model["version"]:
+            pids.add(int(health["pid"]))
+        return len(pids) >= WORKERS
+
+    try:
+        wait_until(serving, f"both endpoint workers serving v{model['version']}", 30.0, every=0.2)
+    except RuntimeError:
+        # The kernel may hand every new connection to the same worker; one serving worker that
+        # answers is enough to start (the warm-up reaches the other).
+        wait_until(lambda: pids, f"the endpoint serving v{model['version']}", ENDPOINT_TIMEOUT_S)
+    return url, time.monotonic() - started
+
+
+def stop_endpoint() -> None:
+    """Stop the bench stack's endpoint part (MLflow keeps running for the other benchmarks)."""
+    from continuous_training.stack import stack_down
+
+    stack_down(parts=["endpoint"])
+
+
+# ------------------------------------------------------------------------------------------ floor
+
+
+def _median_ms(call: Any, calls: int) -> tuple[float, float]:
+    """Median and p99 of ``calls`` timed calls, in ms (after 20 untimed ones)."""
+    for _ in range(20):
+        call()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return statistics.median(times) * 1000, times[int(0.99 * (len(times) - 1))] * 1000
+
+
+def floor_worker(argv: list[str]) -> int:
+    """The in-process floor child: load the version, time scoring per body; print one JSON line.
+
+    Times ``predict_proba`` on the frame :func:`frame_from_body` builds (the brief's floor), and the
+    endpoint's own path: :func:`columns_from_body` and the scorer :func:`compile_scorer` picks.
+    """
+    parser = argparse.ArgumentParser(prog="python -m bench.serving floor")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--calls", type=int, required=True)
+    parser.add_argument("bodies", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    from continuous_training.config import load_contract
+    from continuous_training.registry import load_model_version
+    from continuous_training.serving.app import columns_from_body, compile_scorer, frame_from_body
+
+    contract = load_contract()
+    features = contract.feature_names
+    model = load_model_version(args.name, args.version)
+    scorer, kind = compile_scorer(model, contract)
+    out: dict[str, Any] = {"omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "scorer": kind}
+    for path in args.bodies:
+        body = path.read_bytes()
+        X = frame_from_body(body, contract)[features]
+        columns, n_rows = columns_from_body(body, contract)
+        if not np.array_equal(model.predict_proba(X)[:, 1], scorer(columns, n_rows)):
+            raise RuntimeError(f"{path}: the endpoint's scorer ({kind}) differs from predict_proba")
+        predict, predict_p99 = _median_ms(lambda X=X: model.predict_proba(X), args.calls)
+        scored, scored_p99 = _median_ms(lambda c=columns, n=n_rows: scorer(c, n), args.calls)
+        frame_ms, _ = _median_ms(lambda b=body: frame_from_body(b, contract), args.calls)
+        parse_ms, _ = _median_ms(lambda b=body: columns_from_body(b, contract), args.calls)
+        out[str(n_rows)] = {
+            "predict_proba_ms": predict,
+            "predict_proba_p99_ms": predict_p99,
+            "scorer_ms": scored,
+            "scorer_p99_ms": scored_p99,
+            "frame_from_body_ms": frame_ms,
+            "columns_from_body_ms": parse_ms,
+            "calls": args.calls,
+        }
+    print(json.dumps(out))
+    return 0
+
+
+def measure_floor(ctx: BenchContext, model: dict[str, Any], bodies: dict[int, Path]) -> dict[str, Any]:
+    """Run the floor child (``OMP_NUM_THREADS=1``, as the endpoint runs) and return its report."""
+    calls = QUICK_CALLS if ctx.quick else FULL_CALLS
+    args = python_cmd(
+        "bench.serving",
+        "floor",
+        "--name",
+        model["model_name"],
+        "--version",
+        model["version"],
+        "--calls",
+        str(calls),
+        *[str(bodies[rows]) for rows in BODY_ROWS],
+    )
+    result = measure_process(args, env=child_env(OMP_NUM_THREADS="1"), cwd=REPO, timeout=600)
+    return result.json()
+
+
+# -------------------------------------------------------------------------------------------- run
+
+
+def _ms(result: dict[str, Any], which: str) -> float:
+    return result["latency_us"][which] / 1000.0
+
+
+def _wrk_detail(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: result[k]
+        for k in ("requests", "duration_us", "errors", "latency_us", "req_per_s", "warmup", "raw")
+    }
+
+
+def figures_from(
+    ours: dict[int, dict], anchor: dict[int, dict], diff: float, floor: dict[str, Any], setup: dict[str, Any]
+) -> list[Figure]:
+    """The serving figures from the wrk results, the prediction comparison and the floor."""
+    one, hundred = ours[1], ours[100]
+    a_one, a_hundred = anchor[1], anchor[100]
+    detail = {
+        "ours": {rows: _wrk_detail(r) for rows, r in ours.items()},
+        "anchor": {rows: _wrk_detail(r) for rows, r in anchor.items()},
+        "setup": setup,
+    }
+    figures = [
+        Figure(
+            BENCH,
+            "1-row body",
+            "req/s",
+            one["req_per_s"],
+            a_one["req_per_s"],
+            ">= 4x anchor",
+            at_least(one["req_per_s"], 4 * a_one["req_per_s"]),
+            detail=detail,
+        ),
+        Figure(BENCH, "100-row body", "req/s", hundred["req_per_s"], a_hundred["req_per_s"]),
+        Figure(
+            BENCH,
+            "100-row body",
+            "rows/s",
+            hundred["rows_per_s"],
+            a_hundred["rows_per_s"],
+            ">= 3x anchor",
+            at_least(hundred["rows_per_s"], 3 * a_hundred["rows_per_s"]),
+        ),
+    ]
+    for rows, ours_r, anchor_r in ((1, one, a_one), (100, hundred, a_hundred)):
+        figures.append(Figure(BENCH, f"p50, {rows}-row body", "ms", _ms(ours_r, "p50"), _ms(anchor_r, "p50")))
+        figures.append(
+            Figure(
+                BENCH,
+                f"p99, {rows}-row body",
+                "ms",
+                _ms(ours_r, "p99"),
+                _ms(anchor_r, "p99"),
+                "<= 1/4 anchor",
+                at_most(_ms(ours_r, "p99"), _ms(anchor_r, "p99") / 4),
+            )
+        )
+    errors = sum(r["errors_total"] for r in ours.values())
+    anchor_errors = sum(r["errors_total"] for r in anchor.values())
+    figures.append(
+        Figure(
+            BENCH,
+            "errors (non-2xx, socket, timeout)",
+            "count",
+            errors,
+            anchor_errors,
+            "0",
+            errors == 0,
+            detail={
+                "ours": {r: v["errors"] for r, v in ours.items()},
+                "anchor": {r: v["errors"] for r, v in anchor.items()},
+            },
+        )
+    )
+    figures.append(
+        Figure(
+            BENCH,
+            "predictions max |ours - MLflow|, 100 rows",
+            "abs",
+            diff,
+            goal="0",
+            met=diff <= MAX_DIFF,
+            note=f"positive-class scores of the same 100-row body; accepted up to {MAX_DIFF:g}",
+        )
+    )
+    for rows in BODY_ROWS:
+        item = floor[str(rows)]
+        label = f"{rows} row{'s' if rows > 1 else ''}"
+        figures.append(
+            Figure(
+                BENCH,
+                f"in-process predict_proba, {label}",
+                "ms",
+                item["predict_proba_ms"],
+                note=f"median of {item['calls']} calls in one process, OMP_NUM_THREADS=1"
+                if rows == max(BODY_ROWS)
+                else "",
+                detail=item,
+            )
+        )
+        figures.append(
+            Figure(
+                BENCH,
+                f"in-process endpoint path, {label}",
+                "ms",
+                item["columns_from_body_ms"] + item["scorer_ms"],
+                note=f"columns_from_body + the {floor['scorer']} scorer the endpoint uses "
+                f"({item['columns_from_body_ms']:.2f} + {item['scorer_ms']:.2f} ms)",
+            )
+        )
+    return figures
+
+
+def run(ctx: BenchContext) -> list[Figure]:
+    """Measure both servers and the in-process floor; see the module docstring.
+
+    Raises:
+        RuntimeError: wrk cannot be installed, a server does not start or answers wrongly.
+    """
+    from bench.model import ensure_champion
+
+    wrk = ensure_wrk(ctx)
+    folder = ctx.workdir / "serving"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = ensure_champion(ctx)
+    bodies = write_bodies(folder)
+    setup: dict[str, Any] = {"model": model, "bodies": {r: p.stat().st_size for r, p in bodies.items()}}
+    warm, measure = QUICK_SECONDS if ctx.quick else FULL_SECONDS
+    setup.update(
+        wrk=f"-t{THREADS} -c{CONNECTIONS} warm-up {warm} s, measured {measure} s, timeout {WRK_TIMEOUT}",
+        workers=WORKERS,
+    )
+    hundred = bodies[max(BODY_ROWS)].read_bytes()
+
+    port = free_port()
+    anchor_url = f"http://127.0.0.1:{port}"
+    log_path = folder / "mlflow-models-serve.log"
+    # Both servers boot at the same time (nothing is measured while either boots), then each is
+    # loaded alone: the anchor first, stopped, then ours.
+    ctx.log(f"starting mlflow models serve of {model['model_name']} v{model['version']} on {anchor_url}")
+    launched = time.monotonic()
+    proc = start_mlflow_serve(model, port, log_path)
+    try:
+        try:
+            ctx.log("starting our endpoint (bench stack part `endpoint`) meanwhile")
+            url, setup["endpoint_start_s"] = start_endpoint(model)
+            setup["endpoint_health"] = json.loads(http(f"{url}/health")[1])
+            status, answer = http(f"{url}/predict", hundred, timeout=60.0)
+            if status != 200:
+                raise RuntimeError(f"our endpoint /predict answered {status}: {answer[:500]!r}")
+            our_scores = positive_scores(answer, "our endpoint")
+            wait_mlflow_serve(proc, anchor_url, log_path)
+            setup["anchor_start_s"] = round(time.monotonic() - launched, 1)
+            ctx.log(f"mlflow models serve answers {setup['anchor_start_s']} s after its launch")
+            status, answer = http(f"{anchor_url}/invocations", hundred, timeout=60.0)
+            if status != 200:
+                raise RuntimeError(f"mlflow models serve /invocations answered {status}: {answer[:500]!r}")
+            anchor_scores = positive_scores(answer, "mlflow models serve")
+            anchor = load_server(ctx, wrk, f"{anchor_url}/invocations", bodies, "mlflow models serve")
+        finally:
+            stop_group(proc)
+        ours = load_server(ctx, wrk, f"{url}/predict", bodies, "our endpoint")
+    finally:
+        stop_endpoint()
+
+    if len(our_scores) != len(anchor_scores):
+        raise RuntimeError(f"{len(our_scores)} scores from our endpoint, {len(anchor_scores)} from MLflow's")
+    diff = max(abs(a - b) for a, b in zip(our_scores, anchor_scores, strict=True))
+    ctx.log(f"predictions: max |ours - MLflow| = {diff:g} over {len(our_scores)} rows")
+
+    floor = measure_floor(ctx, model, bodies)
+    ctx.log(
+        "in-process predict_proba: "
+        + ", ".join(f"{r} row(s) {floor[str(r)]['predict_proba_ms']:.2f} ms" for r in BODY_ROWS)
+    )
+    return figures_from(ours, anchor, diff, floor, setup)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "floor":
+        logging.basicConfig(level=logging.WARNING)
+        sys.exit(floor_worker(sys.argv[2:]))
+    sys.exit("usage: python -m bench.serving floor --name N --version V --calls K BODY...")

@@ -1,0 +1,163 @@
+"""The endpoint's lean request path: columns without a DataFrame, the compiled scorer, the log's batching."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+
+from continuous_training.config import load_contract
+from continuous_training.serving.app import (
+    COMPILED,
+    HistGradientBoostingScorer,
+    check_columns,
+    columns_from_body,
+    compile_scorer,
+    frame_from_body,
+)
+from continuous_training.serving.predlog import PredictionLog, read_predictions
+from continuous_training.storage import Lake
+from continuous_training.train import build_pipeline
+
+CONTRACT = load_contract()
+FEATURES = CONTRACT.feature_names
+KEY = CONTRACT.key
+
+
+def synthetic_rows(n: int, seed: int) -> pd.DataFrame:
+    """Contract features (numbers float, categories str from the contract's values) plus the key."""
+    rng = np.random.default_rng(seed)
+    data: dict[str, Any] = {KEY: [f"app-{seed}-{i}" for i in range(n)]}
+    for col in CONTRACT.features:
+        if col.is_numeric:
+            values = rng.uniform(col.min, col.max, n)
+            data[col.name] = np.round(values) if col.type == "integer" else values
+        else:
+            data[col.name] = rng.choice(np.array(col.values, dtype=object), n)
+    return pd.DataFrame(data)
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Pipeline:
+    """A model built by the project's own build_pipeline (native categorical HistGradientBoosting)."""
+    frame = synthetic_rows(400, seed=1)
+    label = ((frame["credit_score"] < 575) | (frame["home_ownership"] == "RENT")).astype(int)
+    return build_pipeline(CONTRACT, {"max_iter": 25, "random_state": 0}).fit(frame[FEATURES], label)
+
+
+def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    out = {}
+    for col in CONTRACT.features:
+        out[col.name] = (
+            frame[col.name].to_numpy(np.float64) if col.is_numeric else frame[col.name].to_numpy(object)
+        )
+    return out
+
+
+def test_compiled_scorer_is_bit_identical_to_predict_proba(pipeline: Pipeline) -> None:
+    scorer, kind = compile_scorer(pipeline, CONTRACT)
+    assert kind == COMPILED
+    assert isinstance(scorer, HistGradientBoostingScorer)
+    frame = synthetic_rows(300, seed=7)
+    # Corners the check rows also hold: an unseen category, a null category, a missing number.
+    frame.loc[0, "loan_purpose"] = "space_tourism"
+    frame.loc[1, "region"] = None
+    frame.loc[2, "annual_income"] = np.nan
+    expected = pipeline.predict_proba(frame[FEATURES])[:, 1]
+    got = scorer(_columns(frame), len(frame))
+    assert got.dtype == np.float64
+    assert np.array_equal(got, expected)
+    # One row, as most requests are.
+    assert np.array_equal(scorer(_columns(frame.iloc[:1]), 1), expected[:1])
+
+
+def test_check_columns_cover_every_known_category_and_an_unseen_one() -> None:
+    columns, n = check_columns(CONTRACT)
+    for col in CONTRACT.features:
+        assert len(columns[col.name]) == n
+        if not col.is_numeric:
+            assert set(col.values) <= set(columns[col.name])
+            assert "__never_seen__" in set(columns[col.name])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_other_models_are_scored_by_predict_proba() -> None:
+    frame = synthetic_rows(200, seed=3)
+    label = (frame["credit_score"] < 575).astype(int)
+    numeric = CONTRACT.numeric_features
+    linear = make_pipeline(LogisticRegression(max_iter=50)).fit(frame[numeric], label)
+
+    class Subclassed(HistGradientBoostingClassifier):
+        """Not the class the compiled scorer was written against: its internals may differ."""
+
+    subclassed = Subclassed(max_iter=5, categorical_features=CONTRACT.categorical_features)
+    subclassed.fit(frame[FEATURES], label)
+    assert compile_scorer(linear, CONTRACT)[1] == "predict_proba"
+    scorer, kind = compile_scorer(subclassed, CONTRACT)
+    assert kind == "predict_proba"
+    expected = subclassed.predict_proba(frame[FEATURES])[:, 1]
+    assert np.array_equal(scorer(_columns(frame), len(frame)), expected)
+
+
+def test_a_scorer_that_disagrees_is_not_used(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A scikit-learn whose internals changed meaning would make the compiled scores drift.
+    original = HistGradientBoostingScorer.__call__
+    monkeypatch.setattr(
+        HistGradientBoostingScorer, "__call__", lambda self, c, n: original(self, c, n) + 1e-15
+    )
+    _, kind = compile_scorer(pipeline, CONTRACT)
+    assert kind == "predict_proba"
+
+
+def test_columns_from_body_is_the_frame_without_pandas() -> None:
+    frame = synthetic_rows(4, seed=5)
+    records = frame.to_dict(orient="records")
+    body = orjson.dumps({"dataframe_records": records})
+    columns, n = columns_from_body(body, CONTRACT)
+    assert n == 4
+    assert list(columns) == [*FEATURES, KEY]
+    pd.testing.assert_frame_equal(pd.DataFrame(columns), frame_from_body(body, CONTRACT))
+
+
+def test_prediction_log_takes_columns_and_frames_alike(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    plog = PredictionLog(lake, flush_seconds=60, max_rows=10_000, contract=CONTRACT)
+    served = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    keyed = synthetic_rows(3, seed=1)
+    keyed.loc[1, KEY] = None
+    columns = {**_columns(keyed), KEY: keyed[KEY].to_numpy(object)}
+    plog.append(
+        columns, [0.1, 0.2, 0.3], request_id="cols", model_name="m", model_version="1", served_at=served
+    )
+    unkeyed = synthetic_rows(2, seed=2).drop(columns=[KEY])
+    unkeyed["home_ownership"] = pd.Series([3, None], dtype=object)  # numbers logged as categories
+    plog.append(
+        unkeyed, np.array([0.4, 0.5]), request_id="frame", model_name="m", model_version="2", served_at=served
+    )
+    assert plog.flush() == 5
+
+    got = read_predictions(lake, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    assert got["row_id"].tolist() == [keyed.loc[0, KEY], "cols:1", keyed.loc[2, KEY], "frame:0", "frame:1"]
+    assert got["request_id"].tolist() == ["cols"] * 3 + ["frame"] * 2
+    assert got["model_version"].tolist() == ["1", "1", "1", "2", "2"]
+    assert (got["served_at"] == pd.Timestamp(served)).all()
+    assert got["score"].tolist() == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert got["home_ownership"].tolist()[3:] == ["3", None]
+    assert got["credit_score"].tolist()[:3] == keyed["credit_score"].tolist()
+
+
+def test_prediction_log_refuses_columns_of_unequal_length(tmp_path: Path) -> None:
+    plog = PredictionLog(Lake(tmp_path), contract=CONTRACT)
+    columns = _columns(synthetic_rows(3, seed=1))
+    columns["age"] = columns["age"][:2]
+    with pytest.raises(ValueError, match="unequal lengths"):
+        plog.append(columns, [0.1, 0.2, 0.3], request_id="x", model_name="m", model_version="1")
+    assert plog.buffered_rows == 0
