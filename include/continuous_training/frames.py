@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from continuous_training.config import Column, DatasetContract
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +147,187 @@ def coerce_to_contract(df: pd.DataFrame, contract: DatasetContract) -> tuple[pd.
         typed[col.name] = out
     frame = pd.DataFrame(typed, index=df.index)
     return frame, errors
+
+
+#: The timestamp form the landing exports use; other ISO 8601 forms take pandas' slower parser.
+_ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def _fast_arrow_column(values: pa.ChunkedArray, col: Column) -> pd.Series | None:
+    """Type a text Arrow column with Arrow's vectorised casts, or None when they cannot be trusted.
+
+    Only a column in which every value parses the plain way takes this path (finite decimal numbers,
+    integers without a fraction below 2**53, timestamps in :data:`_ISO_UTC`); then it gives exactly what
+    the pandas parsers give. Anything else (a value that does not parse, ``"12.0"`` for an integer,
+    ``"nan"``, another ISO 8601 form) returns None: then :func:`_mixed_number_column` or the pandas
+    parsers type the column, and count the failures.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return None
+    try:
+        if col.type == "float":
+            numbers = pc.cast(values, pa.float64())
+            if pc.any(pc.invert(pc.is_finite(numbers))).as_py():
+                return None
+            return numbers.to_pandas().astype("float64")
+        if col.type == "integer":
+            numbers = pc.cast(values, pa.int64())
+            if pc.any(pc.greater_equal(pc.abs(numbers), 2**53)).as_py():
+                return None
+            data = pc.fill_null(numbers, 0).to_numpy()
+            mask = pc.is_null(numbers).to_numpy()
+            return pd.Series(pd.arrays.IntegerArray(data, mask))
+        if col.type == "timestamp":
+            stamps = pc.strptime(values, format=_ISO_UTC, unit="ns", error_is_null=False)
+            return stamps.to_pandas().dt.tz_localize("UTC").astype("datetime64[ns, UTC]")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    # Text and categories: Arrow strings become ``str`` objects (one per distinct value: Arrow
+    # deduplicates them), nulls None, as _parse_text gives.
+    return values.to_pandas().astype(object)
+
+
+#: Plain decimal text, which Arrow's casts parse exactly as pandas does.
+_PLAIN = {"integer": r"^-?[0-9]+$", "float": r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"}
+
+
+def _mixed_number_column(values: pa.ChunkedArray, col: Column) -> tuple[pd.Series, int] | None:
+    """Type a number column holding some values that are not plain numbers, or None if unsure.
+
+    Arrow casts the plain values (see :data:`_PLAIN`); only the others, usually few (``"n/a"``,
+    ``"12.0"`` for an integer, ``" 1"``), go through the pandas parsers, one by one as pandas would.
+
+    Returns:
+        ``(typed series, number of non-null values that did not parse)``.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if col.type not in _PLAIN or not (
+        pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+    ):
+        return None
+    plain = pc.fill_null(pc.match_substring_regex(values, _PLAIN[col.type]), False)
+    target = pa.int64() if col.type == "integer" else pa.float64()
+    try:
+        numbers = pc.cast(pc.if_else(plain, values, pa.scalar(None, values.type)), target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    limit = (
+        pc.greater_equal(pc.abs(numbers), 2**53)
+        if col.type == "integer"
+        else pc.invert(pc.is_finite(numbers))
+    )
+    if pc.any(limit).as_py():
+        return None
+    others = np.flatnonzero(pc.and_(pc.invert(plain), pc.is_valid(values)).to_numpy(zero_copy_only=False))
+    text = pd.Series(values.take(pa.array(others, type=pa.int64())).to_pandas(), dtype=object)
+    parsed = _coerce_column(text, col)
+    if col.type == "integer":
+        data = pc.fill_null(numbers, 0).to_numpy().copy()
+        mask = pc.is_null(numbers).to_numpy(zero_copy_only=False).copy()
+        data[others] = parsed.fillna(0).to_numpy(dtype="int64")
+        mask[others] = parsed.isna().to_numpy()
+        out = pd.Series(pd.arrays.IntegerArray(data, mask))
+    else:
+        floats = numbers.to_numpy(zero_copy_only=False).astype("float64", copy=True)
+        floats[others] = parsed.to_numpy(dtype="float64", na_value=np.nan)
+        out = pd.Series(floats)
+    return out, int(parsed.isna().sum())
+
+
+def iter_table_columns(
+    table: pa.Table | pq.ParquetFile, contract: DatasetContract, *, categories_as_category: bool = False
+) -> Iterator[tuple[Column, pd.Series, int]]:
+    """Type the contract's columns of an Arrow table (or Parquet file) one at a time.
+
+    The column-by-column form of :func:`coerce_table_to_contract`, for a caller that lays the typed
+    columns out its own way (validation hands GX a frame of its own): it holds one column at a time.
+
+    Args:
+        table: the raw table, or its Parquet file (then each column is read when it is typed).
+        contract: the dataset contract; its columns absent from the table are skipped, the table's
+            columns absent from it are logged and skipped.
+        categories_as_category: give ``category`` columns as pandas ``category`` (the same values,
+            straight from Arrow's dictionary encoding) instead of ``object``.
+
+    Yields:
+        ``(column, typed series with a 0..n-1 index, number of values that did not parse)``, in
+        contract order.
+
+    Raises:
+        ValueError: a contract column appears more than once.
+    """
+    import pyarrow as pa
+
+    present = list(table.column_names if isinstance(table, pa.Table) else table.schema_arrow.names)
+    names = set(contract.column_names)
+    extra = [c for c in present if c not in names]
+    if extra:
+        log.info("dropping columns not in contract %r: %s", contract.name, extra)
+    for col in contract.columns:
+        if col.name not in present:
+            continue
+        if present.count(col.name) > 1:
+            raise ValueError(f"column {col.name!r} appears {present.count(col.name)} times; expected once")
+        values = table.column(col.name) if isinstance(table, pa.Table) else table.read([col.name]).column(0)
+        if categories_as_category and col.type == "category" and pa.types.is_string(values.type):
+            yield col, pd.Series(values.dictionary_encode().to_pandas()), 0
+            continue
+        out = _fast_arrow_column(values, col)
+        failed = 0
+        mixed = _mixed_number_column(values, col) if out is None else None
+        if mixed is not None:
+            out, failed = mixed
+            if failed:
+                log.info("column %r: %d value(s) did not parse as %s", col.name, failed, col.type)
+        elif out is None:
+            text = values.to_pandas().astype(object)
+            text = text.where(text.notna(), None)
+            out = _coerce_column(text, col)
+            failed = int((text.notna() & out.isna()).sum())
+            if failed:
+                log.info("column %r: %d value(s) did not parse as %s", col.name, failed, col.type)
+        del values
+        yield col, out.reset_index(drop=True), failed
+
+
+def coerce_table_to_contract(
+    table: pa.Table | pq.ParquetFile, contract: DatasetContract
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """:func:`coerce_to_contract` for Arrow text columns (a raw partition), faster and lighter.
+
+    A column whose values all parse is typed by Arrow's vectorised casts without first becoming a
+    column of Python strings; in a number column with some values that are not plain numbers, only
+    those go through the parsers of :func:`coerce_to_contract`, and any other column goes through
+    them whole, so the typed frame and the parse-error counts are the same. Given a Parquet file,
+    columns are read one at a time, so only one column's text is in memory at once.
+
+    Args:
+        table: the raw table, or its Parquet file; columns absent from the contract are dropped (and
+            logged).
+        contract: the dataset contract.
+
+    Returns:
+        ``(typed, parse_errors)`` as :func:`coerce_to_contract` returns them, with a fresh index.
+
+    Raises:
+        ValueError: a contract column appears more than once.
+    """
+    import pyarrow as pa
+
+    rows = table.num_rows if isinstance(table, pa.Table) else table.metadata.num_rows
+    typed: dict[str, pd.Series] = {}
+    errors: dict[str, int] = {}
+    for col, values, failed in iter_table_columns(table, contract):
+        typed[col.name] = values
+        if failed:
+            errors[col.name] = failed
+    # The columns are fresh: the frame can hold them as they are (consolidating them would copy them).
+    return pd.DataFrame(typed, index=pd.RangeIndex(rows), copy=False), errors
 
 
 def cast_to_contract_dtypes(df: pd.DataFrame, contract: DatasetContract) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -26,6 +26,9 @@ from continuous_training.storage import (
     write_json_atomic,
     write_parquet_bytes_stable,
 )
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +173,28 @@ def read_raw(lake: Lake, day: date | str) -> tuple[pd.DataFrame, dict[str, Any]]
     df = pq.read_table(folder / DATA_FILE).to_pandas()
     df = df.astype(object).where(df.notna(), None)
     return df, manifest
+
+
+def open_raw(lake: Lake, day: date | str) -> tuple[pq.ParquetFile, dict[str, Any]]:
+    """The raw partition of a day as an open Parquet file (text columns) and its manifest.
+
+    Lighter than :func:`read_raw` for large days: columns are read when asked for, and stay Arrow
+    strings until typed (see :func:`frames.coerce_table_to_contract`) instead of becoming one Python
+    object per value.
+
+    Args:
+        lake: the data lake.
+        day: the partition day.
+
+    Returns:
+        ``(parquet_file, manifest)``.
+
+    Raises:
+        FileNotFoundError: the day has no raw partition (names the folder).
+    """
+    import pyarrow.parquet as pq
+
+    folder = lake.raw(day_key(day))
+    if not (folder / MANIFEST_FILE).exists():
+        raise FileNotFoundError(f"no raw partition in {folder}: stage the day's landing files first")
+    return pq.ParquetFile(folder / DATA_FILE), read_json(folder / MANIFEST_FILE)

@@ -7,23 +7,37 @@ happens first (:func:`frames.coerce_to_contract`): a value that does not parse b
 fails its column's not-null expectation, and the count of such values is part of the outcome (and
 fails it on its own, so a nullable column cannot hide unreadable values).
 
+GX decides, cheaply: the whole suite runs with ``BOOLEAN_ONLY``, then only the failed expectations run
+again with ``SUMMARY`` for their counts and examples; the record is GX's result. The bad rows (those
+failing a row-level expectation) are found with one vectorised mask built from the same suite
+(:func:`unexpected_rows`, equal to GX's counts) and kept in the quarantine as ``bad_rows.parquet``.
+At 1M rows the cost is mostly GX's own: its import, and one copy of the frame per column check.
+
 Great Expectations is imported inside the functions that use it: it takes seconds to import.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from continuous_training.config import DatasetContract, load_contract
-from continuous_training.frames import cast_to_contract_dtypes, coerce_to_contract, contract_dtypes
-from continuous_training.ingest import day_key, read_raw
+from continuous_training.frames import (
+    cast_to_contract_dtypes,
+    coerce_table_to_contract,
+    contract_dtypes,
+    iter_table_columns,
+)
+from continuous_training.ingest import day_key, open_raw
 from continuous_training.storage import (
     DATA_FILE,
     MANIFEST_FILE,
@@ -37,11 +51,14 @@ from continuous_training.storage import (
 
 if TYPE_CHECKING:
     import great_expectations as gx
+    import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 
 VALIDATION_FILE = "validation.json"
 REASON_FILE = "reason.txt"
+#: The quarantined rows that fail at least one row-level check, as they landed (text).
+BAD_ROWS_FILE = "bad_rows.parquet"
 #: The pseudo-expectation reported for values that did not parse as their contract type.
 PARSE_EXPECTATION = "values_parse_as_contract_type"
 _EXAMPLES = 5
@@ -100,7 +117,19 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _failure(result: dict[str, Any], key: str) -> dict[str, Any]:
+def _shown(value: Any, integer: bool) -> str:
+    # GX sees nullable integer columns as float64 (see _gx_frame): show 150 as "150", not "150.0".
+    if integer and isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _failure(
+    result: dict[str, Any],
+    key: str,
+    integers: frozenset[str] = frozenset(),
+    key_values: pd.Series | None = None,
+) -> dict[str, Any]:
     config = result["expectation_config"]
     kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
     res = result.get("result") or {}
@@ -117,10 +146,14 @@ def _failure(result: dict[str, Any], key: str) -> dict[str, Any]:
         "kwargs": _jsonable(kwargs),
         "unexpected_count": res.get("unexpected_count"),
         "unexpected_percent": res.get("unexpected_percent"),
-        "partial_unexpected_list": [str(v) for v in (res.get("partial_unexpected_list") or [])[:_EXAMPLES]],
+        "partial_unexpected_list": [
+            _shown(v, kwargs.get("column") in integers)
+            for v in (res.get("partial_unexpected_list") or [])[:_EXAMPLES]
+        ],
     }
+    # GX names a failing row by its position in the batch; the key says which application it is.
     keys = [
-        str(v.get(key)) if isinstance(v, dict) else str(v)
+        str(v.get(key)) if isinstance(v, dict) else str(v if key_values is None else key_values.iloc[int(v)])
         for v in (res.get("partial_unexpected_index_list") or [])[:_EXAMPLES]
     ]
     if keys:
@@ -133,6 +166,170 @@ def _failure(result: dict[str, Any], key: str) -> dict[str, Any]:
     if messages:
         entry["exception"] = "; ".join(messages)
     return entry
+
+
+def _gx_frame(columns: Iterable[tuple[str, pd.Series]], rows: int, contract: DatasetContract) -> pd.DataFrame:
+    """The frame handed to GX: the same values, laid out so that its pandas engine runs fast.
+
+    GX checks the range of a nullable ``Int64`` column with one Python call per value (seconds at 1M
+    rows), and copies the whole frame (rows without nulls in the checked column) once per column
+    check, consolidating its blocks first if they are not. So the contract's numbers go into one
+    ``float64`` block, written column by column as they come (integers are exact there below 2**53,
+    which typing guarantees), categories become pandas ``category`` (codes are cheaper to copy than
+    Python strings; ``isin`` and null checks see the same values), the rest stays as it is.
+
+    Args:
+        columns: ``(name, typed series with a 0..rows-1 index)``, consumed one at a time.
+        rows: the number of rows.
+        contract: the dataset contract.
+    """
+    numeric = [c.name for c in contract.columns if c.is_numeric]
+    categories = {c.name for c in contract.columns if c.type == "category"}
+    block = np.empty((len(numeric), rows), dtype="float64")
+    in_block: list[str] = []
+    others: dict[str, pd.Series] = {}
+    for name, values in columns:
+        if name in numeric and name not in in_block and _is_number(values.dtype):
+            block[len(in_block)] = values.to_numpy(dtype="float64", na_value=np.nan)
+            in_block.append(name)
+        elif name in categories and not isinstance(values.dtype, pd.CategoricalDtype):
+            others[name] = values.astype("category")
+        else:
+            others[name] = values
+    numbers = pd.DataFrame(block[: len(in_block)].T, columns=in_block, copy=False)
+    if not others:
+        return numbers
+    return pd.concat(
+        [numbers, pd.DataFrame(others, index=pd.RangeIndex(rows), copy=False)], axis=1, copy=False
+    )
+
+
+def _is_number(dtype: Any) -> bool:
+    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+
+
+def _run_suite(
+    gx: Any, frame: pd.DataFrame, suite: gx.ExpectationSuite, result_format: dict[str, Any]
+) -> dict[str, Any]:
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    batch = (
+        ctx.data_sources.add_pandas("ct")
+        .add_dataframe_asset("batch")
+        .add_batch_definition_whole_dataframe("all")
+    )
+    definition = ctx.validation_definitions.add(
+        gx.ValidationDefinition(name="contract", data=batch, suite=ctx.suites.add(suite))
+    )
+    # GX takes the rows without nulls in a column before checking it; when there are none, pandas
+    # copies the whole frame, once per check, unless copy-on-write is on (pandas 3's default, and the
+    # results are the same). The option is pandas-global, so it is on only for the run.
+    with pd.option_context("mode.copy_on_write", True):
+        result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+    return result.to_json_dict()
+
+
+def _gx_result(gx: Any, frame: pd.DataFrame, contract: DatasetContract) -> dict[str, Any]:
+    """The suite's GX result: decided with ``BOOLEAN_ONLY``, failures described with ``SUMMARY``.
+
+    ``BOOLEAN_ONLY`` over the whole suite says which expectations fail; only those run again with
+    ``SUMMARY`` (counts, examples, the keys of the first failing rows), on the columns they need, and
+    their results replace the bare ones. A batch that passes costs one cheap run; every result in the
+    record is GX's own.
+    """
+    result = _run_suite(gx, frame, build_suite(contract), {"result_format": "BOOLEAN_ONLY"})
+    failed_at = [i for i, r in enumerate(result["results"]) if not r["success"]]
+    if not failed_at:
+        return result
+    wanted = {_config_key(result["results"][i]) for i in failed_at}
+    fresh = build_suite(contract)
+    chosen = [e for e in fresh.expectations if _expectation_key(e) in wanted]
+    if len(chosen) != len(wanted):
+        log.warning("could not pick the failed expectations out of the suite; describing the whole suite")
+        chosen = fresh.expectations
+    suite = gx.ExpectationSuite(name=fresh.name, expectations=chosen)
+    columns = {e.configuration.kwargs.get("column") for e in suite.expectations}
+    if None in columns or not columns <= set(frame.columns):
+        narrow = frame  # a table-level check (or a missing column) needs the whole frame
+    else:
+        narrow = frame[[c for c in frame.columns if c in columns]]
+    # GX names the first failing rows by their position (validate_frame maps them to keys): its
+    # unexpected_index_column_names would do it with a Python loop over every failing row.
+    detailed = _run_suite(gx, narrow, suite, {"result_format": "SUMMARY"})
+    by_config = {_config_key(r): r for r in detailed["results"]}
+    for i in failed_at:
+        entry = by_config.get(_config_key(result["results"][i]))
+        if entry is None or entry["success"]:
+            log.warning("the SUMMARY run did not confirm failure #%d; keeping its BOOLEAN_ONLY result", i)
+            continue
+        entry["expectation_config"]["id"] = result["results"][i]["expectation_config"].get("id")
+        result["results"][i] = entry
+    return result
+
+
+def _config_key(result: dict[str, Any]) -> str:
+    config = result["expectation_config"]
+    kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
+    return json.dumps([config["type"], kwargs], sort_keys=True, default=str)
+
+
+def _expectation_key(expectation: Any) -> str:
+    config = expectation.configuration.to_json_dict()
+    kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
+    return json.dumps([config["type"], kwargs], sort_keys=True, default=str)
+
+
+def unexpected_rows(frame: pd.DataFrame, contract: DatasetContract) -> tuple[np.ndarray, dict[str, int]]:
+    """Which rows fail a row-level expectation of the contract's suite, as one vectorised mask.
+
+    Built from the suite's own expectations (not-null, between, in-set, unique) with GX's semantics:
+    nulls fail only not-null, both copies of a duplicated key fail uniqueness. Table-level
+    expectations (column set, row count) judge the batch, not rows, and expectations on a column the
+    frame lacks are skipped.
+
+    Args:
+        frame: the typed frame (as :func:`validate_frame` gets it, or as GX sees it).
+        contract: the dataset contract.
+
+    Returns:
+        ``(mask, counts)``: a boolean array over the rows (True = fails at least one expectation) and
+        the number of rows failing each expectation, keyed ``"<expectation type>:<column>"``.
+
+    Raises:
+        ValueError: the suite holds a row-level expectation type this function does not know.
+    """
+    bad = np.zeros(len(frame), dtype=bool)
+    counts: dict[str, int] = {}
+    for expectation in build_suite(contract).expectations:
+        config = expectation.configuration
+        kind, kwargs = config.type, config.kwargs
+        column = kwargs.get("column")
+        if column is None:
+            continue
+        if column not in frame.columns:
+            continue
+        values = frame[column]
+        present = values.notna().to_numpy()
+        if kind == "expect_column_values_to_not_be_null":
+            fails = ~present
+        elif kind == "expect_column_values_to_be_between":
+            inside = np.ones(len(frame), dtype=bool)
+            if kwargs.get("min_value") is not None:
+                inside &= (values >= kwargs["min_value"]).fillna(False).to_numpy(dtype=bool)
+            if kwargs.get("max_value") is not None:
+                inside &= (values <= kwargs["max_value"]).fillna(False).to_numpy(dtype=bool)
+            fails = present & ~inside
+        elif kind == "expect_column_values_to_be_in_set":
+            fails = present & ~values.isin(list(kwargs["value_set"])).to_numpy(dtype=bool)
+        elif kind == "expect_column_values_to_be_unique":
+            fails = present & values.duplicated(keep=False).to_numpy(dtype=bool)
+        else:
+            raise ValueError(f"unexpected_rows: no row mask for expectation {kind!r} on column {column!r}")
+        counts[f"{kind}:{column}"] = int(fails.sum())
+        bad |= fails
+    return bad, counts
 
 
 def validate_frame(
@@ -151,32 +348,24 @@ def validate_frame(
         "gx_result"}``. Each failed item is ``{"expectation", "column", "kwargs", "unexpected_count",
         "unexpected_percent", "partial_unexpected_list"}`` (plus ``observed_value``/``details``/
         ``exception`` when GX gives them); parse failures appear as the pseudo-expectation
-        :data:`PARSE_EXPECTATION`.
+        :data:`PARSE_EXPECTATION`. The GX result holds GX's ``SUMMARY`` result of every failed
+        expectation and the bare ``BOOLEAN_ONLY`` result of the others.
     """
-    gx = _gx()
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    parse_errors = {str(k): int(v) for k, v in (parse_errors or {}).items() if v}
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    batch = (
-        ctx.data_sources.add_pandas("ct")
-        .add_dataframe_asset("batch")
-        .add_batch_definition_whole_dataframe("all")
-    )
-    suite = ctx.suites.add(build_suite(contract))
-    definition = ctx.validation_definitions.add(
-        gx.ValidationDefinition(name="contract", data=batch, suite=suite)
-    )
     frame = df_typed.reset_index(drop=True)
-    result_format: dict[str, Any] = {"result_format": "SUMMARY"}
-    if contract.key in frame.columns:
-        # Failing rows are then named by their key rather than by a position in this batch.
-        result_format["unexpected_index_column_names"] = [contract.key]
-    result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format).to_json_dict()
+    return _validate_gx_frame(_gx_frame(frame.items(), len(frame), contract), contract, parse_errors)
+
+
+def _validate_gx_frame(
+    frame: pd.DataFrame, contract: DatasetContract, parse_errors: dict[str, int] | None
+) -> dict[str, Any]:
+    gx = _gx()
+    parse_errors = {str(k): int(v) for k, v in (parse_errors or {}).items() if v}
+    result = _gx_result(gx, frame, contract)
 
     order = {name: i for i, name in enumerate(contract.column_names)}
-    failed = [_failure(r, contract.key) for r in result["results"] if not r["success"]]
+    integers = frozenset(c.name for c in contract.columns if c.type == "integer")
+    key_values = frame[contract.key] if contract.key in frame.columns else None
+    failed = [_failure(r, contract.key, integers, key_values) for r in result["results"] if not r["success"]]
     rows = len(frame)
     for column, count in sorted(parse_errors.items()):
         failed.append(
@@ -213,16 +402,21 @@ def validate_frame(
 
 def _typed_partition(
     lake: Lake, day: str, contract: DatasetContract
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int], dict[str, Any]]:
-    raw, manifest = read_raw(lake, day)
-    typed, errors = coerce_to_contract(raw, contract)
+) -> tuple[pq.ParquetFile, pd.DataFrame, dict[str, int], dict[str, Any]]:
+    raw, manifest = open_raw(lake, day)
+    typed, errors = coerce_table_to_contract(raw, contract)
     return raw, typed, errors, manifest
+
+
+def _text(raw: pq.ParquetFile, columns: list[str]) -> pd.DataFrame:
+    frame = raw.read(columns).to_pandas()
+    return frame.astype(object).where(frame.notna(), None)
 
 
 def validate_partition(
     lake: Lake, day: date | str, contract: DatasetContract | None = None
 ) -> dict[str, Any]:
-    """Type and validate the day's raw partition.
+    """Type and validate the day's raw partition, and find its bad rows.
 
     Args:
         lake: the data lake.
@@ -230,25 +424,53 @@ def validate_partition(
         contract: the dataset contract (default: :func:`config.load_contract`).
 
     Returns:
-        The outcome of :func:`validate_frame` plus ``"day"``, ``"sha256"`` (of the raw partition) and
-        ``"rows"``. Parse failures list up to five of the raw values that did not parse.
+        The outcome of :func:`validate_frame` plus ``"day"``, ``"sha256"`` (of the raw partition),
+        ``"rows"``, ``"bad_rows"`` (how many rows fail a row-level check or hold a value that did not
+        parse) and ``"bad_row_positions"`` (their positions in the raw partition, for the quarantine).
+        Parse failures list up to five of the raw values that did not parse.
 
     Raises:
         FileNotFoundError: the day has no raw partition.
     """
     contract = contract or load_contract()
     key = day_key(day)
-    raw, typed, errors, manifest = _typed_partition(lake, key, contract)
-    # Columns outside the contract are kept (as text) so the column-set expectation reports them.
-    extra = [c for c in raw.columns if c not in typed.columns]
-    frame = pd.concat([typed, raw[extra]], axis=1) if extra else typed
-    outcome = validate_frame(frame, contract, errors)
+    raw, manifest = open_raw(lake, key)
+    errors: dict[str, int] = {}
+
+    def typed() -> Iterator[tuple[str, pd.Series]]:
+        for col, values, failed in iter_table_columns(raw, contract, categories_as_category=True):
+            if failed:
+                errors[col.name] = failed
+            yield col.name, values
+        # Columns outside the contract are kept (as text) so the column-set expectation reports them.
+        extra = [c for c in raw.schema_arrow.names if c not in contract.column_names]
+        if extra:
+            yield from _text(raw, extra).items()
+
+    # Each column is typed straight into GX's frame (same values, see _gx_frame): no other copy is kept.
+    frame = _gx_frame(typed(), raw.metadata.num_rows, contract)
+    bad, _ = unexpected_rows(frame, contract)
+    examples = {}
+    for column in errors:
+        # A value that did not parse is null in the typed frame and not null in the raw text.
+        text = _text(raw, [column])[column]
+        unparsed = (text.notna() & frame[column].isna()).to_numpy(dtype=bool)
+        bad |= unparsed
+        examples[column] = [str(v) for v in text[unparsed].head(_EXAMPLES)]
+    outcome = _validate_gx_frame(frame, contract, errors)
     for item in outcome["failed"]:
         if item["expectation"] == PARSE_EXPECTATION:
-            column = item["column"]
-            bad = raw[column][raw[column].notna() & typed[column].isna()]
-            item["partial_unexpected_list"] = [str(v) for v in bad.head(_EXAMPLES)]
-    outcome.update(day=key, sha256=manifest["sha256"], rows=int(manifest["rows"]))
+            item["partial_unexpected_list"] = examples.get(item["column"], [])
+    positions = np.flatnonzero(bad)
+    outcome.update(
+        day=key,
+        sha256=manifest["sha256"],
+        rows=int(manifest["rows"]),
+        bad_rows=len(positions),
+        bad_row_positions=positions.tolist(),
+    )
+    if len(positions):
+        log.info("day %s: %d of %d row(s) fail a row-level check", key, len(positions), len(frame))
     return outcome
 
 
@@ -334,18 +556,36 @@ def publish_validated(
 
 def _reason_text(key: str, manifest: dict[str, Any], outcome: dict[str, Any], copied: list[str]) -> str:
     failed = outcome.get("failed", [])
+    landing = [name for name in copied if name.startswith("landing/")]
     lines = [
         f"Partition {key} (raw sha256 {manifest['sha256']}, {manifest['rows']} rows) failed validation:",
         f"{len(failed)} failed check(s) out of {outcome.get('evaluated', '?')} expectation(s) evaluated.",
         "",
         *(f"- {line}" for line in summarize_failures(outcome)),
         "",
-        f"Raw data: {DATA_FILE} (raw manifest: raw_manifest.json). Landing files: {', '.join(copied) or 'none found'}.",
+        *(
+            [f"{outcome['bad_rows']} of {manifest['rows']} row(s) fail a row-level check: {BAD_ROWS_FILE}."]
+            if outcome.get("bad_rows")
+            else []
+        ),
+        f"Raw data: {DATA_FILE} (raw manifest: raw_manifest.json). Landing files: {', '.join(landing) or 'none found'}.",
         f"Full Great Expectations result: {VALIDATION_FILE}.",
         "Nothing was published for this day. Fix the export at the source and land it again, or move this",
         "quarantine folder aside deliberately once the batch is accepted.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _write_bad_rows(raw_file: Path, positions: list[int], dest: Path) -> None:
+    """Write the raw rows at ``positions`` (as they landed, text) to ``dest``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(raw_file)
+    take = pa.array(positions, type=pa.int64())
+    # Column by column: only one column of the whole day is in memory at a time.
+    columns = {name: source.read([name]).column(0).take(take) for name in source.schema_arrow.names}
+    pq.write_table(pa.table(columns), dest, compression="zstd", use_dictionary=True, write_statistics=True)
 
 
 def _retire_raw(raw_dir: Path, raw_sha: str) -> None:
@@ -412,6 +652,9 @@ def quarantine_partition(lake: Lake, day: date | str, outcome: dict[str, Any]) -
             (staged / "landing").mkdir(exist_ok=True)
             shutil.copy2(path, staged / "landing" / source["name"])
             copied.append(f"landing/{source['name']}")
+        if outcome.get("bad_row_positions"):
+            _write_bad_rows(staged / DATA_FILE, outcome["bad_row_positions"], staged / BAD_ROWS_FILE)
+            copied.append(BAD_ROWS_FILE)
         write_json_atomic(staged / VALIDATION_FILE, outcome)
         (staged / REASON_FILE).write_text(_reason_text(key, manifest, outcome, copied))
         write_json_atomic(

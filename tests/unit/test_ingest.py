@@ -11,8 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from continuous_training.config import DatasetContract, load_contract, parse_contract
-from continuous_training.frames import cast_to_contract_dtypes, coerce_to_contract, read_landing_csv
-from continuous_training.ingest import NoLandingFilesError, read_raw, stage_raw_partition
+from continuous_training.frames import (
+    cast_to_contract_dtypes,
+    coerce_table_to_contract,
+    coerce_to_contract,
+    iter_table_columns,
+    read_landing_csv,
+)
+from continuous_training.ingest import NoLandingFilesError, open_raw, read_raw, stage_raw_partition
 from continuous_training.simulate import SimulatorConfig, generate_day, land_day, landing_csv_bytes
 from continuous_training.storage import DATA_FILE, MANIFEST_FILE, Lake, PartitionConflictError, sha256_file
 
@@ -190,6 +196,58 @@ def test_coerce_one_value(column: str, raw: str | None, expected: object, failed
     else:
         assert value == expected
     assert errors == ({column: failed} if failed else {})
+
+
+# Every value of test_coerce_one_value and a few more, per column: all plain (Arrow's casts), some not
+# plain (those go to the pandas parsers), and one that makes the whole column take the pandas parsers.
+TABLE_CASES = {
+    "id": ["k1", "k2", None, " k3"],
+    "at": ["2026-10-05T10:00:00Z", "2026-10-05T12:00:00+02:00", "2026-10-05 10:00:00", None, "05/10/2026"],
+    "n": ["12", "-3", None, "+7", "12.0", "12.5", "12k", "n/a", "9007199254740993"],
+    "x": ["1e3", "0.1", None, "-2.5", ".5", "7", "nan", "inf", " 1", "abc"],
+    "c": ["a", "zz", " a", None, ""],
+    "y": ["0", "1", None, "2"],
+}
+
+
+@pytest.mark.parametrize("column", sorted(TABLE_CASES))
+@pytest.mark.parametrize("upto", [1, 2, 3, 4, 8, 99])
+def test_coerce_table_types_as_coerce_does(column: str, upto: int, tmp_path: Path) -> None:
+    values = TABLE_CASES[column][:upto]
+    text = pd.DataFrame({column: pd.Series(values, dtype=object)})
+    expected, expected_errors = coerce_to_contract(text, TINY)
+    table = pa.table({column: pa.array(values, type=pa.string())})
+    for source in (table, _as_parquet_file(table, tmp_path / "raw.parquet")):
+        typed, errors = coerce_table_to_contract(source, TINY)
+        pd.testing.assert_frame_equal(typed, expected, check_exact=True)
+        assert errors == expected_errors
+        assert [type(v) for v in typed[column]] == [type(v) for v in expected[column]]
+        # Validation's layout: categories as pandas categories, the same values.
+        ((col, values, failed),) = list(iter_table_columns(source, TINY, categories_as_category=True))
+        assert failed == expected_errors.get(column, 0)
+        if col.type == "category":
+            assert isinstance(values.dtype, pd.CategoricalDtype)
+            values = values.astype(object).where(values.notna(), None)
+        pd.testing.assert_series_equal(values, expected[column], check_exact=True, check_names=False)
+
+
+def _as_parquet_file(table: pa.Table, path: Path) -> pq.ParquetFile:
+    pq.write_table(table, path)
+    return pq.ParquetFile(path)
+
+
+def test_coerce_table_of_a_raw_partition(lake: Lake, contract: DatasetContract) -> None:
+    land_day(lake, DAY, CONFIG)
+    stage_raw_partition(lake, DAY)
+    raw, manifest = read_raw(lake, DAY)
+    source, same_manifest = open_raw(lake, DAY)
+    assert same_manifest == manifest
+    typed, errors = coerce_table_to_contract(source, contract)
+    expected, expected_errors = coerce_to_contract(raw, contract)
+    pd.testing.assert_frame_equal(typed, expected, check_exact=True)
+    assert errors == expected_errors == {}
+    with pytest.raises(FileNotFoundError, match="dt=2026-10-06"):
+        open_raw(lake, "2026-10-06")
 
 
 def test_coerce_types_order_and_extra_columns() -> None:

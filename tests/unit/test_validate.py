@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from continuous_training.config import DatasetContract, load_contract
-from continuous_training.frames import contract_dtypes
+from continuous_training.frames import coerce_to_contract, contract_dtypes
 from continuous_training.ingest import read_raw, stage_raw_partition
 from continuous_training.simulate import (
     BAD_BATCH_KINDS,
@@ -28,12 +28,14 @@ from continuous_training.simulate import (
 )
 from continuous_training.storage import DATA_FILE, MANIFEST_FILE, Lake, sha256_file
 from continuous_training.validate import (
+    BAD_ROWS_FILE,
     PARSE_EXPECTATION,
     build_suite,
     publish_validated,
     quarantine_partition,
     read_validated,
     summarize_failures,
+    unexpected_rows,
     validate_frame,
     validate_partition,
 )
@@ -194,6 +196,51 @@ def test_out_of_range_examples_show_the_values(outcomes: dict[str, dict]) -> Non
     assert set(by_column["credit_score"]["partial_unexpected_list"]) == {"1200"}
 
 
+@pytest.mark.parametrize("day", [*CLEAN_DAYS, *BAD_DAYS])
+def test_bad_rows_are_the_rows_gx_counts(
+    day: str, lake: Lake, outcomes: dict[str, dict], contract: DatasetContract
+) -> None:
+    outcome = outcomes[day]
+    typed, errors = coerce_to_contract(read_raw(lake, day)[0], contract)
+    mask, counts = unexpected_rows(typed, contract)
+    # The mask is built from the suite: per expectation, it counts what GX counts.
+    failed = {
+        f"{f['expectation']}:{f['column']}": f["unexpected_count"]
+        for f in outcome["failed"]
+        if f["column"] in typed.columns and f["expectation"] != PARSE_EXPECTATION
+    }
+    assert {name: count for name, count in counts.items() if count} == failed
+    # Values that did not parse are null in typed, hence already not-null failures here.
+    assert outcome["bad_rows"] == len(outcome["bad_row_positions"]) == int(mask.sum())
+    assert outcome["bad_row_positions"] == sorted(outcome["bad_row_positions"])
+    if outcome["success"]:
+        assert outcome["bad_rows"] == 0
+    elif BAD_DAYS.get(day) == "duplicates":
+        assert outcome["bad_rows"] == 2 * int(typed[contract.key].duplicated().sum())  # both copies
+    elif BAD_DAYS.get(day) not in ("missing_column", "empty_file"):
+        assert outcome["bad_rows"] > 0
+
+
+def test_gx_result_details_exactly_the_failed_expectations(
+    outcomes: dict[str, dict], contract: DatasetContract
+) -> None:
+    for day, outcome in outcomes.items():
+        results = outcome["gx_result"]["results"]
+        assert len(results) == outcome["evaluated"] == len(build_suite(contract).expectations)
+        assert outcome["gx_result"]["success"] is all(r["success"] for r in results)
+        for result in results:
+            config = result["expectation_config"]
+            detail = result.get("result") or {}
+            if result["success"]:
+                assert "unexpected_count" not in detail, (day, config["type"])  # BOOLEAN_ONLY
+            elif "unexpected_count" in detail:
+                assert detail["unexpected_count"] > 0, (day, config)  # SUMMARY
+                assert len(detail["partial_unexpected_index_list"]) == min(20, detail["unexpected_count"])
+            else:
+                # Table-level (observed value) or not computable (the column is missing).
+                assert "observed_value" in detail or result["exception_info"], (day, config)
+
+
 def test_extra_column_and_parse_errors_on_a_nullable_column_fail(contract: DatasetContract) -> None:
     df = generate_day(date(2026, 10, 5), SimulatorConfig(seed=32, rows_per_day=30), contract)
     outcome = validate_frame(df.assign(surprise="x"), contract)
@@ -288,6 +335,13 @@ def test_quarantine_is_idempotent_and_loses_nothing(lake: Lake, outcomes: dict[s
     assert "credit_score" in reason
     assert "150" in reason
     assert json.loads((folder / "validation.json").read_text())["success"] is False
+    # The bad rows, as they landed, beside the whole batch.
+    bad = pd.read_parquet(folder / BAD_ROWS_FILE)
+    assert len(bad) == outcome["bad_rows"] > 0
+    assert set(bad["age"][~bad["age"].between("18", "99")]) <= {"150", "-3"}
+    assert ((bad["age"].isin(["150", "-3"])) | (bad["credit_score"] == "1200")).all()
+    assert f"{outcome['bad_rows']} of {outcome['rows']} row(s) fail a row-level check" in reason
+    assert BAD_ROWS_FILE in json.loads((folder / MANIFEST_FILE).read_text())["files"]
     stat = (folder / MANIFEST_FILE).stat()
 
     assert quarantine_partition(lake, day, outcome) == first
