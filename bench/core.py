@@ -7,6 +7,7 @@ data, their ratio, the goal, and whether it is met.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
+CACHE_DIR = REPO / ".ct" / "bench-cache"
 
 
 @dataclass
@@ -87,6 +89,21 @@ class BenchContext:
     def log(self, message: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
+    def cache(self, name: str, *sources: Path) -> Path:
+        """A folder for generated inputs, kept across runs while ``sources`` (the code making them) stay.
+
+        Simulating and staging a million rows takes longer than some benchmarks; the inputs are a
+        pure function of the seed and of this code, so they are kept under ``.ct/bench-cache``.
+        """
+        digest = hashlib.sha256()
+        for path in sorted(
+            {*sources, REPO / "bench" / "data.py", REPO / "include" / "config" / "dataset.yaml"}
+        ):
+            digest.update(path.read_bytes())
+        folder = CACHE_DIR / f"{name}-{digest.hexdigest()[:12]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
 
 @dataclass
 class ProcessResult:
@@ -111,8 +128,9 @@ def measure_process(
 ) -> ProcessResult:
     """Run a command to its end and measure it from outside.
 
-    Wall time runs from spawn to exit (interpreter start and imports included); the peak RSS is the
-    child's own ``ru_maxrss`` from ``wait4`` (not the maximum over all children of the bench).
+    Wall time runs from spawn to exit (interpreter start and imports included). The peak RSS is the
+    child's own high-water mark (``VmHWM``), polled every 20 ms and completed by the ``vmhwm_mb`` the
+    child may report in its last JSON line (see :func:`self_vmhwm_mb`).
 
     Raises:
         RuntimeError: the command failed (its stderr tail is included) or ran past ``timeout``.
@@ -122,8 +140,12 @@ def measure_process(
         started = time.perf_counter()
         proc = subprocess.Popen(list(args), env=env, cwd=cwd, stdout=out, stderr=err)
         deadline = started + timeout
+        peak_kb = 0
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            # VmHWM is the high-water mark of the process's own memory since its exec. wait4's
+            # ru_maxrss is not: it keeps the RSS of the forked bench process before the exec.
+            peak_kb = max(peak_kb, _vmhwm_kb(proc.pid))
+            pid, status, _usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.perf_counter() > deadline:
@@ -135,7 +157,13 @@ def measure_process(
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        result = ProcessResult(proc.returncode, wall, usage.ru_maxrss / 1024, out.read(), err.read())
+        result = ProcessResult(proc.returncode, wall, peak_kb / 1024, out.read(), err.read())
+    try:  # the worker's own last reading, taken at its end (polling may miss a final peak)
+        reported = result.json().get("vmhwm_mb")
+        if reported:
+            result.peak_rss_mb = max(result.peak_rss_mb, float(reported))
+    except (RuntimeError, ValueError, AttributeError):
+        pass
     for suffix in (".out", ".err"):
         Path(f"{out_path}{suffix}").unlink(missing_ok=True)
     if result.returncode != 0:
@@ -143,6 +171,22 @@ def measure_process(
             f"{' '.join(args)} exited with {result.returncode}; stderr tail:\n{result.stderr[-3000:]}"
         )
     return result
+
+
+def _vmhwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def self_vmhwm_mb() -> float:
+    """This process's peak RSS since its exec (for a worker's report; ``ru_maxrss`` includes the fork)."""
+    return _vmhwm_kb(os.getpid()) / 1024
 
 
 def python_cmd(module: str, *args: str) -> list[str]:

@@ -10,7 +10,7 @@ peak RSS are that process's own.
 from __future__ import annotations
 
 from bench.core import BenchContext, Figure, at_most, child_env, measure_process, python_cmd
-from bench.data import INJECTED, drift_frames
+from bench.data import INJECTED, SIMULATOR, drift_frames
 
 
 def run(ctx: BenchContext) -> list[Figure]:
@@ -18,7 +18,7 @@ def run(ctx: BenchContext) -> list[Figure]:
     ctx.log(
         f"drift: simulating {current_rows:,} drifted + {current_rows:,} control rows, {reference_rows:,} reference"
     )
-    paths = drift_frames(ctx.workdir / "drift-data", current_rows, reference_rows)
+    paths = drift_frames(ctx.cache("drift", SIMULATOR), current_rows, reference_rows)
     measured: dict[tuple[str, str], dict] = {}
     for window in ("drifted", "control"):
         for mode in ("evidently", "ours"):

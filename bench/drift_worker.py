@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.core import self_vmhwm_mb
+
 #: Evidently methods that return a distance (drift when score >= threshold); the others return p-values.
 _DISTANCES = {"wasserstein", "jensenshannon", "hellinger", "kl_div", "psi", "ed"}
 
@@ -82,6 +84,7 @@ def main() -> None:
     result = run(args.reference, args.current, args.out)
     result["seconds_in_process"] = round(time.perf_counter() - started, 3)
     result["report_bytes"] = Path(result["report_html"]).stat().st_size
+    result["vmhwm_mb"] = self_vmhwm_mb()
     print(json.dumps(result))
 
 

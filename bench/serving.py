@@ -53,7 +53,7 @@ THREADS = 2
 WORKERS = 2
 #: (warm-up seconds, measured seconds) per body and server.
 FULL_SECONDS = (3, 20)
-QUICK_SECONDS = (1, 4)
+QUICK_SECONDS = (1, 3)
 #: predict_proba calls timed per frame in the floor (median reported).
 FULL_CALLS = 400
 QUICK_CALLS = 60

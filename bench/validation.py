@@ -13,7 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
-from bench.core import BenchContext, Figure, at_most, child_env, measure_process, python_cmd
+from bench.core import REPO, BenchContext, Figure, at_most, child_env, measure_process, python_cmd
+from bench.data import SIMULATOR
 
 WALL_GOAL_S = 10.0
 RSS_GOAL_MB = 1024.0
@@ -42,7 +43,16 @@ def run(ctx: BenchContext) -> list[Figure]:
     """
     rows = 100_000 if ctx.quick else 1_000_000
     base = ctx.workdir / "validation"
-    template = base / f"template-{rows}"
+    package = REPO / "include" / "continuous_training"
+    # The staged day depends on the simulator and on the ingest code that stages it.
+    cached = ctx.cache(
+        "validation",
+        SIMULATOR,
+        package / "ingest.py",
+        package / "frames.py",
+        Path(__file__).with_name("validation_worker.py"),
+    )
+    template = cached / f"template-{rows}"
     ready = template / "prepared.json"
     if not ready.exists():
         ctx.log(f"validation: landing and staging {rows:,} simulated rows with bad rows injected")

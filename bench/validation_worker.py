@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.core import self_vmhwm_mb
+
 #: The day staged (bench/data.py's Wednesday).
 DAY = "2026-11-04"
 #: Share of rows given an unknown ``region`` and an unparseable ``annual_income``.
@@ -181,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     # CPU seconds of this process: less sensitive than wall time to other load on the machine.
     report["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
+    report["vmhwm_mb"] = self_vmhwm_mb()
     print(json.dumps(report, default=str))
     return 0
 
