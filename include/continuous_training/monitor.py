@@ -294,13 +294,16 @@ def _sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 
 
 def _for_report(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
-    """The sample as Evidently renders it: float64 numbers, categories as text (None for null)."""
+    """The sample as Evidently draws it: float64 numbers (+-inf as NaN), categories as text (None for null)."""
     import numpy as np
     import pandas as pd
 
     out: dict[str, Any] = {}
     for col in numeric:
-        out[col] = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        # Infinities are no score's business (dropped, as Evidently drops them) and break its charts.
+        values[np.isinf(values)] = np.nan
+        out[col] = values
     for col in categorical:
         values = frame[col].astype(object)
         out[col] = values.where(values.isna(), values.astype(str)).to_numpy(dtype=object)
