@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -13,6 +12,9 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
+
+# The same synthetic rows as the endpoint's other tests (pytest puts tests/unit on sys.path).
+from test_serving import synthetic_rows
 
 from continuous_training.config import load_contract
 from continuous_training.serving.app import (
@@ -30,19 +32,6 @@ from continuous_training.train import build_pipeline
 CONTRACT = load_contract()
 FEATURES = CONTRACT.feature_names
 KEY = CONTRACT.key
-
-
-def synthetic_rows(n: int, seed: int) -> pd.DataFrame:
-    """Contract features (numbers float, categories str from the contract's values) plus the key."""
-    rng = np.random.default_rng(seed)
-    data: dict[str, Any] = {KEY: [f"app-{seed}-{i}" for i in range(n)]}
-    for col in CONTRACT.features:
-        if col.is_numeric:
-            values = rng.uniform(col.min, col.max, n)
-            data[col.name] = np.round(values) if col.type == "integer" else values
-        else:
-            data[col.name] = rng.choice(np.array(col.values, dtype=object), n)
-    return pd.DataFrame(data)
 
 
 @pytest.fixture(scope="module")
