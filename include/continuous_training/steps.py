@@ -77,7 +77,8 @@ def validate_partition(staged: dict[str, Any]) -> dict[str, Any]:
     outcome = run_suite(lake, day)
     record = _validation_record(lake, day, outcome["sha256"])
     write_json_atomic(record, outcome)
-    summary = {k: outcome.get(k) for k in ("success", "day", "sha256", "rows", "evaluated", "parse_errors")}
+    keys = ("success", "day", "sha256", "rows", "bad_rows", "evaluated", "parse_errors")
+    summary = {k: outcome.get(k) for k in keys}
     summary["failed"] = [{k: v for k, v in f.items() if k != "kwargs"} for f in outcome["failed"]]
     summary["result_path"] = str(record)
     log.info(
@@ -117,8 +118,9 @@ def quarantine_partition(validation: dict[str, Any], *, run_id: str = "") -> dic
             [
                 ("Day", day),
                 ("Rows", outcome.get("rows")),
+                ("Rows failing a row-level check", outcome.get("bad_rows", "-")),
                 ("Batch sha256", outcome["sha256"]),
-                ("Quarantined in", kept["path"]),
+                ("Quarantined in (the batch, its GX result, the failing rows)", kept["path"]),
                 ("Landing files", str(lake.landing(day))),
                 ("Ingest run", _airflow_run_link("ingest", run_id) if run_id else "-"),
             ]
