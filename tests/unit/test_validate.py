@@ -13,6 +13,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -31,6 +32,8 @@ from continuous_training.validate import (
     BAD_ROWS_FILE,
     PARSE_EXPECTATION,
     build_suite,
+    decode_rows,
+    encode_rows,
     publish_validated,
     quarantine_partition,
     read_validated,
@@ -211,8 +214,9 @@ def test_bad_rows_are_the_rows_gx_counts(
     }
     assert {name: count for name, count in counts.items() if count} == failed
     # Values that did not parse are null in typed, hence already not-null failures here.
-    assert outcome["bad_rows"] == len(outcome["bad_row_positions"]) == int(mask.sum())
-    assert outcome["bad_row_positions"] == sorted(outcome["bad_row_positions"])
+    positions = decode_rows(outcome["bad_row_bitmap"], outcome["rows"])
+    assert outcome["bad_rows"] == len(positions) == int(mask.sum())
+    assert positions.tolist() == np.flatnonzero(mask).tolist()
     if outcome["success"]:
         assert outcome["bad_rows"] == 0
     elif BAD_DAYS.get(day) == "duplicates":
@@ -408,3 +412,12 @@ def test_quarantine_refuses_an_outcome_of_other_raw_content(
     result = quarantine_partition(other, day, fresh)
     assert Path(result["path"]) == other.quarantine(day, fresh["sha256"])
     assert Path(result["path"]).name != outcomes[day]["sha256"][:12]
+
+
+def test_row_bitmap_round_trips_and_stays_small() -> None:
+    rng = np.random.default_rng(5)
+    for rows in (1, 7, 8, 9, 1000, 100_003):
+        mask = rng.random(rows) < 0.2
+        assert decode_rows(encode_rows(mask), rows).tolist() == np.flatnonzero(mask).tolist()
+    every = np.ones(1_000_000, dtype=bool)
+    assert len(encode_rows(every)) < 2_000  # a list of positions would be ~7 MB of JSON
