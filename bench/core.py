@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -101,6 +102,10 @@ class BenchContext:
         ):
             digest.update(path.read_bytes())
         folder = CACHE_DIR / f"{name}-{digest.hexdigest()[:12]}"
+        # Inputs made by older code are of no further use (a 1M-row day is hundreds of MB).
+        for stale in CACHE_DIR.glob(f"{name}-*"):
+            if stale != folder:
+                shutil.rmtree(stale, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
