@@ -3,7 +3,9 @@
 
 Reads the predictions the endpoint **actually served** with the current champion in the window,
 compares their inputs with the champion's reference sample (kept with the model version) and writes an
-**Evidently drift report** (HTML to look at, JSON to parse) to `$CT_LAKE/reports/drift/<run>/`.
+**Evidently drift report** to `$CT_LAKE/reports/drift/<run>/`: `drift_report.html` to look at (charts
+drawn from a sample of at most 20,000 rows per side) and `summary.json` with every column's score,
+computed over all served rows.
 
 When drift is found (per-column normed Wasserstein / Jensen–Shannon at the thresholds of
 `include/config/policy.yaml`, `drift:`):
@@ -80,7 +82,7 @@ def monitor() -> None:
 
     @task
     def compute_drift(collected: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
-        """Evidently drift report (HTML + JSON) of the window against the champion's reference sample."""
+        """Per-column drift scores of the window against the champion's reference sample, and the report."""
         from continuous_training import steps
 
         return steps.compute_drift(collected, run_id or "manual")
