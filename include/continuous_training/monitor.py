@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -346,6 +347,7 @@ def _register_precomputed(method: str, kind: str, rows: int) -> str:
     return name
 
 
+@functools.cache
 def _report_preset() -> type:
     """``DataDriftPreset`` drawing what its HTML shows, without the per-column ``ValueDrift`` metrics.
 
@@ -385,9 +387,9 @@ def _load_and_score(
     features = contract.feature_names
     wanted = [*features, PREDICTION_COLUMN]
     if not hasattr(reference, "columns"):
-        reference = read_window(Path(reference), wanted)
+        reference = read_window(Path(reference), wanted, contract.categorical_features)
     if not hasattr(current, "columns"):
-        current = read_window(Path(current), wanted)
+        current = read_window(Path(current), wanted, contract.categorical_features)
     _check_columns(reference, features, "reference")
     _check_columns(current, features, "current")
     with_prediction = PREDICTION_COLUMN in reference.columns and PREDICTION_COLUMN in current.columns

@@ -341,9 +341,8 @@ def collect_served(params: dict[str, Any], dag_run: Any) -> dict[str, Any]:
     # The champion's reference sample beside it, so that compute_drift reads two local files and
     # needs no MLflow client.
     reference_path = folder / "reference.parquet"
-    if len(served) >= policy.drift.min_rows:
-        reference = load_reference_sample(load_policy().model.name, str(champion["version"]))
-        write_parquet_bytes_stable(reference, reference_path)
+    reference = load_reference_sample(load_policy().model.name, str(champion["version"]))
+    write_parquet_bytes_stable(reference, reference_path)
     log.info("Window %s .. %s: %d rows served by v%s", start, end, len(served), champion["version"])
     return {
         "rows": len(served),

@@ -272,15 +272,15 @@ def _gx_result(gx: Any, frame: pd.DataFrame, contract: DatasetContract) -> dict[
 
 
 def _config_key(result: dict[str, Any]) -> str:
+    """Which expectation a result is for: its type and arguments (the batch id left out)."""
     config = result["expectation_config"]
     kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
     return json.dumps([config["type"], kwargs], sort_keys=True, default=str)
 
 
 def _expectation_key(expectation: Any) -> str:
-    config = expectation.configuration.to_json_dict()
-    kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
-    return json.dumps([config["type"], kwargs], sort_keys=True, default=str)
+    """:func:`_config_key` of a suite's expectation."""
+    return _config_key({"expectation_config": expectation.configuration.to_json_dict()})
 
 
 def unexpected_rows(frame: pd.DataFrame, contract: DatasetContract) -> tuple[np.ndarray, dict[str, int]]:
