@@ -292,11 +292,12 @@ def wait_mlflow_serve(proc: subprocess.Popen, url: str, log_path: Path) -> float
 
 
 def start_endpoint(model: dict[str, Any]) -> tuple[str, float]:
-    """Start the bench stack's endpoint part; wait until it serves the champion's version.
+    """Start the bench stack's endpoint part; wait until every worker serves the champion's version.
 
     Returns:
         The endpoint's base URL and the seconds it took to serve.
     """
+    from continuous_training.deploy import wait_served
     from continuous_training.settings import load_settings
     from continuous_training.stack import stack_up
 
@@ -304,24 +305,8 @@ def start_endpoint(model: dict[str, Any]) -> tuple[str, float]:
     settings = load_settings()
     stack_up(settings, parts=["endpoint"])
     url = settings.endpoint_url.rstrip("/")
-    pids: set[int] = set()
-
-    def serving() -> bool:
-        try:
-            status, body = http(f"{url}/health", timeout=5.0)
-        except OSError:
-            return False
-        health = json.loads(body) if status == 200 else {}
-        if health.get("status") == "ok" and str(health.get("model_version")) == model["version"]:
-            pids.add(int(health["pid"]))
-        return len(pids) >= WORKERS
-
-    try:
-        wait_until(serving, f"both endpoint workers serving v{model['version']}", 30.0, every=0.2)
-    except RuntimeError:
-        # The kernel may hand every new connection to the same worker; one serving worker that
-        # answers is enough to start (the warm-up reaches the other).
-        wait_until(lambda: pids, f"the endpoint serving v{model['version']}", ENDPOINT_TIMEOUT_S)
+    # The deploy step's own check: every worker process answers with the version, for a few seconds.
+    wait_served(model["model_name"], model["version"], url, ENDPOINT_TIMEOUT_S)
     return url, time.monotonic() - started
 
 

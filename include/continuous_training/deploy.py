@@ -82,7 +82,7 @@ def smoke_test(name: str, version: str | int, sample: pd.DataFrame) -> dict[str,
     return {"rows": len(score), "mean_score": float(score.mean())}
 
 
-def _wait_served(name: str, version: str, url: str, timeout_s: float) -> float:
+def wait_served(name: str, version: str, url: str, timeout_s: float) -> float:
     """Seconds until ``url`` served ``version`` in every answer for :data:`STABLE_S`, from at least
     ``settings.endpoint_workers`` distinct worker processes.
 
@@ -163,7 +163,7 @@ def promote_champion(
         changed = False
         if tags.get(TAG_CONFIRMED) == "true":
             try:
-                served_after = _wait_served(name, version, url, timeout_s)
+                served_after = wait_served(name, version, url, timeout_s)
             except DeployError as exc:
                 raise DeployError(
                     f"{name} v{version} is the champion but {url} does not serve it after {timeout_s:.0f}s "
@@ -185,7 +185,7 @@ def promote_champion(
         log.info("Alias %s of %s moved from v%s to v%s", CHAMPION, name, previous, version)
 
     try:
-        served_after = _wait_served(name, version, url, timeout_s)
+        served_after = wait_served(name, version, url, timeout_s)
     except DeployError as exc:
         restored = _restore(mlflow_client, name, previous)
         raise DeployRolledBack(
