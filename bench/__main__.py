@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             timings[name] = round(time.monotonic() - t0, 1)
             ctx.log(f"--- {name} took {timings[name]} s")
     finally:
-        from continuous_training.stack import stack_down
+        from continuous_training.ops.stack import stack_down
 
         stack_down()
 

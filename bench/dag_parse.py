@@ -32,8 +32,8 @@ minimal()
 
 
 def _env() -> dict[str, str]:
+    from continuous_training.ops.stack import airflow_env
     from continuous_training.settings import load_settings
-    from continuous_training.stack import airflow_env
 
     env = child_env(**airflow_env(load_settings()))
     # The bench stack's own bytecode cache starts cold; parse times are measured warm, as in production.

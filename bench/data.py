@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from continuous_training.config import load_contract
-from continuous_training.simulate import DRIFT_COLUMNS, SimulatorConfig, generate_day
+from continuous_training.ops.simulate import DRIFT_COLUMNS, SimulatorConfig, generate_day
 
 SEED = 20261125
 #: The code the generated data depends on (the bench's cache is keyed by it).

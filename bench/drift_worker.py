@@ -1,6 +1,6 @@
 """One drift computation in its own process (``python -m bench.drift_worker``), for ``bench.drift``.
 
-``--mode ours`` runs the monitor's drift step (:func:`continuous_training.monitor.compute_drift` on the two
+``--mode ours`` runs the monitor's drift step (:func:`continuous_training.monitoring.drift.compute_drift` on the two
 Parquet files, as the DAG task does); ``--mode evidently`` runs Evidently's ``DataDriftPreset()`` with
 its defaults on the same frames, as a user would, and saves the same two files. The last stdout line is
 a JSON report: the columns found drifted, the report's size and the phases' times.
@@ -21,7 +21,7 @@ _DISTANCES = {"wasserstein", "jensenshannon", "hellinger", "kl_div", "psi", "ed"
 
 
 def _ours(reference: Path, current: Path, out: Path) -> dict[str, Any]:
-    from continuous_training.monitor import compute_drift
+    from continuous_training.monitoring.drift import compute_drift
 
     result = compute_drift(reference, current, report_dir=out, title=f"bench {current.stem}")
     return {"drifted": result["drifted_columns"], "report_html": result["report_html"]}

@@ -1,6 +1,6 @@
 """Benchmark 5: the loop in the embedded stack, from the first drifted batch landing to a new champion.
 
-``make demo``'s own run (``continuous_training.demo.run_demo``) on the bench's stack: history, a first
+``make demo``'s own run (``continuous_training.ops.demo.run_demo``) on the bench's stack: history, a first
 champion, a no-drift control, then the covariate shift. While its drift phase runs, clients send
 drifted applications to the endpoint without pause (about 20 requests/s, a new connection each, so every
 worker process is reached), and every answer's model version is recorded. The figures:
@@ -79,10 +79,10 @@ class Traffic:
 
 
 def run(ctx: BenchContext) -> list[Figure]:
-    from continuous_training.demo import DemoPlan, DemoState, run_demo
+    from continuous_training.ops.demo import DemoPlan, DemoState, run_demo
+    from continuous_training.ops.simulate import SimulatorConfig, client_requests, to_json_rows
+    from continuous_training.ops.stack import stack_down
     from continuous_training.settings import load_settings
-    from continuous_training.simulate import SimulatorConfig, client_requests, to_json_rows
-    from continuous_training.stack import stack_down
 
     settings = load_settings()
     plan = DemoPlan()

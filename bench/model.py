@@ -28,10 +28,11 @@ BENCH_LINEAGE = {"dag_id": "bench", "dag_run_id": "bench-serving-champion"}
 
 def _publish_days(days: list[str]) -> None:
     """Land, stage, validate and publish simulated days, as the ``ingest`` DAG does."""
-    from continuous_training.ingest import stage_raw_partition
-    from continuous_training.simulate import SimulatorConfig, land_day
-    from continuous_training.storage import Lake
-    from continuous_training.validate import publish_validated, validate_partition
+    from continuous_training.data.ingest import stage_raw_partition
+    from continuous_training.data.partitions import publish_validated
+    from continuous_training.data.validate import validate_partition
+    from continuous_training.lake import Lake
+    from continuous_training.ops.simulate import SimulatorConfig, land_day
 
     lake = Lake.from_settings()
     config = SimulatorConfig(seed=SEED, rows_per_day=CHAMPION_ROWS_PER_DAY)
@@ -48,18 +49,21 @@ def _publish_days(days: list[str]) -> None:
 
 def _make_champion(ctx: BenchContext, name: str) -> str:
     """Train, evaluate, gate, register and promote a champion; return its version."""
-    from continuous_training import train
     from continuous_training.config import load_policy
-    from continuous_training.evaluate import evaluate_challenger, gate_verdict
-    from continuous_training.registry import CHAMPION, client, git_commit, register_challenger
-    from continuous_training.storage import Lake
+    from continuous_training.lake import Lake
+    from continuous_training.lineage import CHAMPION, git_commit
+    from continuous_training.model import train
+    from continuous_training.model.evaluate import evaluate_challenger, gate_verdict
+    from continuous_training.model.registry import register_challenger
+    from continuous_training.model.training_set import build_training_set
+    from continuous_training.modelstore import client
 
     started = time.monotonic()
     days = [(DAY - timedelta(days=i)).isoformat() for i in reversed(range(CHAMPION_DAYS))]
     _publish_days(days)
     ctx.log(f"{len(days)} simulated days landed, validated, published in {time.monotonic() - started:.1f} s")
     lineage = {**BENCH_LINEAGE, "git_commit": git_commit()}
-    training_set = train.build_training_set(Lake.from_settings(), days)
+    training_set = build_training_set(Lake.from_settings(), days)
     trained = train.train_challenger(training_set, reason="bench", lineage=lineage)
     ctx.log(f"challenger trained and logged at {time.monotonic() - started:.1f} s")
     evaluation = evaluate_challenger(trained["run_id"])
@@ -92,9 +96,10 @@ def ensure_champion(ctx: BenchContext) -> dict[str, Any]:
         RuntimeError: the made challenger failed validation or the gate.
     """
     from continuous_training.config import load_policy
-    from continuous_training.registry import CHAMPION, alias_version, client
+    from continuous_training.lineage import CHAMPION
+    from continuous_training.modelstore import alias_version, client
+    from continuous_training.ops.stack import stack_up
     from continuous_training.settings import load_settings
-    from continuous_training.stack import stack_up
 
     started = time.monotonic()
     settings = load_settings()

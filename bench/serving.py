@@ -105,7 +105,7 @@ def ensure_wrk(ctx: BenchContext) -> str:
 def write_bodies(folder: Path) -> dict[int, Path]:
     """The request bodies: simulated served traffic as ``{"dataframe_records": [...]}``.
 
-    Rows are what clients send (:func:`continuous_training.simulate.client_requests`: the day's
+    Rows are what clients send (:func:`continuous_training.ops.simulate.client_requests`: the day's
     applications without the label, key and timestamp included), from the bench's fixed seed.
 
     Returns:
@@ -115,7 +115,7 @@ def write_bodies(folder: Path) -> dict[int, Path]:
 
     from bench.data import simulated_rows
     from continuous_training.config import load_contract
-    from continuous_training.simulate import to_json_rows
+    from continuous_training.ops.simulate import to_json_rows
 
     folder.mkdir(parents=True, exist_ok=True)
     frame = simulated_rows(max(BODY_ROWS), drift=False).drop(columns=[load_contract().target])
@@ -297,9 +297,9 @@ def start_endpoint(model: dict[str, Any]) -> tuple[str, float]:
     Returns:
         The endpoint's base URL and the seconds it took to serve.
     """
-    from continuous_training.deploy import wait_served
+    from continuous_training.model.deploy import wait_served
+    from continuous_training.ops.stack import stack_up
     from continuous_training.settings import load_settings
-    from continuous_training.stack import stack_up
 
     started = time.monotonic()
     settings = load_settings()
@@ -312,7 +312,7 @@ def start_endpoint(model: dict[str, Any]) -> tuple[str, float]:
 
 def stop_endpoint() -> None:
     """Stop the bench stack's endpoint part (MLflow keeps running for the other benchmarks)."""
-    from continuous_training.stack import stack_down
+    from continuous_training.ops.stack import stack_down
 
     stack_down(parts=["endpoint"])
 
@@ -349,8 +349,9 @@ def floor_worker(argv: list[str]) -> int:
     import numpy as np
 
     from continuous_training.config import load_contract
-    from continuous_training.registry import load_model_version
-    from continuous_training.serving.app import columns_from_body, compile_scorer, frame_from_body
+    from continuous_training.modelstore import load_model_version
+    from continuous_training.serving.request import columns_from_body, frame_from_body
+    from continuous_training.serving.scorer import compile_scorer
 
     contract = load_contract()
     features = contract.feature_names

@@ -51,9 +51,9 @@ def prepare(lake_root: Path, rows: int) -> dict[str, Any]:
     import numpy as np
 
     from bench.data import SEED, simulated_rows
-    from continuous_training.ingest import stage_raw_partition
-    from continuous_training.simulate import corrupt_batch, landing_csv_bytes
-    from continuous_training.storage import Lake
+    from continuous_training.data.ingest import stage_raw_partition
+    from continuous_training.lake import Lake
+    from continuous_training.ops.simulate import corrupt_batch, landing_csv_bytes
 
     clean = simulated_rows(rows, drift=False)
     # The simulator's own defects: out-of-range ages and credit scores (3%), nulls in two required columns.
@@ -89,8 +89,9 @@ def prepare(lake_root: Path, rows: int) -> dict[str, Any]:
 def ours(lake_root: Path) -> dict[str, Any]:
     """The ingest DAG's validate and quarantine steps on the staged day (what ``steps`` calls)."""
     clock = _Clock()
-    from continuous_training.storage import Lake, write_json_atomic
-    from continuous_training.validate import quarantine_partition, validate_partition
+    from continuous_training.data.partitions import quarantine_partition
+    from continuous_training.data.validate import validate_partition
+    from continuous_training.lake import Lake, write_json_atomic
 
     clock.lap("import project")
     lake = Lake(lake_root)
@@ -119,10 +120,10 @@ def gx_defaults(lake_root: Path, out_dir: Path) -> dict[str, Any]:
     import great_expectations as gx
 
     from continuous_training.config import load_contract
+    from continuous_training.data.ingest import read_raw
+    from continuous_training.data.validate import build_suite
     from continuous_training.frames import coerce_to_contract
-    from continuous_training.ingest import read_raw
-    from continuous_training.storage import Lake
-    from continuous_training.validate import build_suite
+    from continuous_training.lake import Lake
 
     clock.lap("import")
     contract = load_contract()

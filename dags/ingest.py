@@ -25,8 +25,8 @@ from typing import Any
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from continuous_training.assets import VALIDATED_DATA
-from continuous_training.dag_defaults import default_args
+from continuous_training.adapter.assets import VALIDATED_DATA
+from continuous_training.adapter.defaults import default_args
 
 
 @dag(
@@ -54,7 +54,7 @@ def ingest() -> None:
         params: dict[str, Any] | None = None, data_interval_start: Any = None
     ) -> dict[str, Any]:
         """Canonicalise the day's landing files into the immutable raw partition."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         day = steps.resolve_day((params or {}).get("day"), data_interval_start)
         return steps.stage_partition(day)
@@ -62,7 +62,7 @@ def ingest() -> None:
     @task
     def validate_partition(staged: dict[str, Any]) -> dict[str, Any]:
         """Run the Great Expectations suite; the full result is kept in the lake, a summary goes to XCom."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.validate_partition(staged)
 
@@ -74,7 +74,7 @@ def ingest() -> None:
     @task(outlets=[VALIDATED_DATA])
     def publish(validation: dict[str, Any], outlet_events: Any = None) -> dict[str, Any]:
         """Publish `validated/dt=<day>` and emit the Asset event."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         manifest = steps.publish_partition(validation)
         outlet_events[VALIDATED_DATA].extra = {k: manifest[k] for k in ("day", "sha256", "rows", "path")}
@@ -83,7 +83,7 @@ def ingest() -> None:
     @task
     def quarantine(validation: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
         """Keep the bad batch in quarantine and mail on-call what failed."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.quarantine_partition(validation, run_id=run_id or "")
 

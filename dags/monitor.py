@@ -29,7 +29,7 @@ import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
-from continuous_training.dag_defaults import default_args
+from continuous_training.adapter.defaults import default_args
 
 
 @dag(
@@ -69,21 +69,21 @@ def monitor() -> None:
     @task
     def collect_served(params: dict[str, Any] | None = None, dag_run: Any = None) -> dict[str, Any]:
         """Snapshot what the endpoint served with the champion in the window."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.collect_served(params or {}, dag_run)
 
     @task.short_circuit
     def enough_rows(collected: dict[str, Any]) -> bool:
         """Too few served rows are not judged (the log says how many)."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.enough_rows(collected)
 
     @task
     def compute_drift(collected: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
         """Per-column drift scores of the window against the champion's reference sample, and the report."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.compute_drift(collected, run_id or "manual")
 
@@ -95,7 +95,7 @@ def monitor() -> None:
     @task
     def alert_on_call(drift: dict[str, Any], run_id: str | None = None) -> bool:
         """Mail on-call the drifted columns and the report (once per run)."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.alert_drift(drift, run_id or "manual")
 
@@ -104,7 +104,7 @@ def monitor() -> None:
         drift: dict[str, Any], run_id: str | None = None, dag_run: Any = None
     ) -> dict[str, Any] | None:
         """Policy and cooldown: returns the conf for the train DAG, or nothing to skip the trigger."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.retrain_due(drift, run_id or "manual", getattr(dag_run, "run_after", None))
 

@@ -33,8 +33,8 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from continuous_training.assets import VALIDATED_DATA
-from continuous_training.dag_defaults import default_args
+from continuous_training.adapter.assets import VALIDATED_DATA
+from continuous_training.adapter.defaults import default_args
 
 
 @dag(
@@ -86,7 +86,7 @@ def train() -> None:
     @task
     def build_training_set(params: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
         """Snapshot the newest validated partitions (list + content hash), pinned to this run."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.build_training_set((params or {}).get("window_days"), run_id or "manual")
 
@@ -95,7 +95,7 @@ def train() -> None:
         training_set: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None
     ) -> bool:
         """Skip the rest when there is nothing new to learn (the reason is in the log)."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.should_train(
             training_set, steps.run_reason(params, dag_run), bool((params or {}).get("force"))
@@ -106,7 +106,7 @@ def train() -> None:
         training_set: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None
     ) -> dict[str, Any]:
         """Fit the pipeline and log it to MLflow (reused if this run already trained this set)."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.train_challenger(
             training_set, steps.run_reason(params, dag_run), steps.lineage(dag_run), params
@@ -115,14 +115,14 @@ def train() -> None:
     @task
     def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
         """Score challenger and champion on the same holdout."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.evaluate(trained["run_id"])
 
     @task.branch
     def gate(evaluation: dict[str, Any], params: dict[str, Any] | None = None) -> str:
         """Floor and no-regression rules; the verdict is recorded on the MLflow run."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         verdict = steps.gate(evaluation, bool((params or {}).get("force")))
         return "register" if verdict["passed"] else "notify_gate_blocked"
@@ -130,21 +130,21 @@ def train() -> None:
     @task
     def register(evaluation: dict[str, Any], dag_run: Any = None) -> dict[str, Any]:
         """Register the challenger as a model version with lineage tags (once per MLflow run)."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.register(evaluation["run_id"], steps.lineage(dag_run))
 
     @task
     def deploy(registered: dict[str, Any], dag_run: Any = None) -> dict[str, Any]:
         """Smoke-test the version, make it `champion` and wait until the endpoint serves it."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.deploy(registered, steps.lineage(dag_run))
 
     @task
     def notify_gate_blocked(evaluation: dict[str, Any], dag_run: Any = None) -> bool:
         """Mail on-call why the challenger was refused."""
-        from continuous_training import steps
+        from continuous_training.adapter import steps
 
         return steps.notify_gate_blocked(evaluation["run_id"], steps.lineage(dag_run))
 

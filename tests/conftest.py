@@ -44,8 +44,8 @@ def _isolate() -> Path:
         del os.environ[key]
     os.environ.update(env)
     # The same Airflow settings as the embedded stack (secrets, SMTP connection, ...), under this home.
+    from continuous_training.ops.stack import airflow_env
     from continuous_training.settings import load_settings
-    from continuous_training.stack import airflow_env
 
     os.environ.update(airflow_env(load_settings()))
     # Tests see a failed task at once instead of waiting for its retry.

@@ -6,7 +6,6 @@ adapting these files to their own data.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -226,7 +225,8 @@ def load_contract(config_dir: Path | None = None) -> DatasetContract:
 
 def load_policy(config_dir: Path | None = None) -> Policy:
     """Load ``policy.yaml``; ``CT_MODEL_NAME`` and ``CT_ALERT_TO`` (comma-separated) override it."""
-    path = (config_dir or load_settings().config_dir) / "policy.yaml"
+    settings = load_settings()
+    path = (config_dir or settings.config_dir) / "policy.yaml"
     data = _read_yaml(path)
     sections = {
         "model": ModelPolicy,
@@ -239,9 +239,8 @@ def load_policy(config_dir: Path | None = None) -> Policy:
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; expected {sorted(sections)}")
     built = {key: _build(cls, data.get(key), f"{path}: {key}") for key, cls in sections.items()}
-    if os.environ.get("CT_MODEL_NAME"):
-        built["model"] = ModelPolicy(name=os.environ["CT_MODEL_NAME"], params=built["model"].params)
-    if os.environ.get("CT_ALERT_TO"):
-        to = tuple(a.strip() for a in os.environ["CT_ALERT_TO"].split(",") if a.strip())
-        built["alerts"] = AlertPolicy(on_call=to, from_email=built["alerts"].from_email)
+    if settings.model_name:
+        built["model"] = ModelPolicy(name=settings.model_name, params=built["model"].params)
+    if settings.alert_to:
+        built["alerts"] = AlertPolicy(on_call=settings.alert_to, from_email=built["alerts"].from_email)
     return Policy(**built)

@@ -1,50 +1,91 @@
 """Runtime settings: typed defaults < ``include/config/*.yaml`` < ``CT_*`` environment variables.
 
-Every address, path and secret the project uses comes from here. Loading is cheap and has no
-side effects (no directory is created, no tracking URI is set), so it is safe at DAG-parse time.
+This is the one module that reads ``CT_*`` variables: every address, path, secret location and tuning
+knob the project uses comes from :class:`Settings`. Loading is cheap and has no side effects (no
+directory is created, no tracking URI is set), so it is safe at DAG-parse time.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 #: The repository root (``include/continuous_training/settings.py`` -> three parents up).
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The Airflow connection alert mail goes through unless ``CT_SMTP_CONN_ID`` names another.
+DEFAULT_SMTP_CONN_ID = "ct_smtp"
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
+class _Env:
+    """Typed reads of ``CT_*`` variables; an empty value counts as unset."""
 
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name}={raw!r}: expected an integer port or count") from exc
+    def text(self, name: str, default: str) -> str:
+        value = self._environ.get(name)
+        return value if value not in (None, "") else default
+
+    def optional(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        return value if value not in (None, "") else None
+
+    def integer(self, name: str, default: int, what: str = "an integer") -> int:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ValueError(f"environment variable {name}={raw!r}: expected {what}") from exc
+
+    def seconds(self, name: str, default: float) -> float:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError as exc:
+            raise ValueError(f"environment variable {name}={raw!r}: expected a number of seconds") from exc
+        if not value > 0:
+            raise ValueError(f"environment variable {name}={raw!r}: expected a positive number of seconds")
+        return value
+
+    def names(self, name: str) -> tuple[str, ...] | None:
+        raw = self.optional(name)
+        if raw is None:
+            return None
+        return tuple(part.strip() for part in raw.split(",") if part.strip()) or None
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Where everything lives and listens.
+    """Where everything lives and listens, and the knobs a deployment turns without editing code.
 
     Attributes:
         home: the state directory (``CT_HOME``); the embedded stack writes only below it.
         config_dir: folder with ``dataset.yaml`` and ``policy.yaml`` (``CT_CONFIG_DIR``).
         lake: root of the data lake (``CT_LAKE``), default ``<home>/lake``.
         host: the loopback address every embedded service binds to (``CT_HOST``).
-        airflow_port, mlflow_port, endpoint_port, smtp_port: ports of the embedded services.
+        airflow_port, mlflow_port, endpoint_port, smtp_port: ports of the embedded services
+            (``CT_AIRFLOW_PORT``, ``CT_MLFLOW_PORT``, ``CT_ENDPOINT_PORT``, ``CT_SMTP_PORT``).
         mlflow_tracking_uri: MLflow tracking server (``CT_MLFLOW_TRACKING_URI``).
         endpoint_url: the prediction endpoint (``CT_ENDPOINT_URL``).
         airflow_url: the Airflow API server / UI (``CT_AIRFLOW_URL``).
         smtp_conn_id: Airflow connection used for alert mail (``CT_SMTP_CONN_ID``).
         endpoint_workers: worker processes of the prediction endpoint (``CT_ENDPOINT_WORKERS``); a deploy
             waits until each of them serves the new champion.
+        endpoint_poll_seconds: how often each endpoint worker checks the ``champion`` alias
+            (``CT_ENDPOINT_POLL_SECONDS``).
+        endpoint_flush_seconds: the longest a served row waits before it is written to the prediction
+            log (``CT_ENDPOINT_FLUSH_SECONDS``).
+        task_retries, task_retry_delay_seconds: retries of every task (``CT_TASK_RETRIES``,
+            ``CT_TASK_RETRY_DELAY_SECONDS``).
+        model_name: overrides ``model.name`` of ``policy.yaml`` (``CT_MODEL_NAME``).
+        alert_to: overrides ``alerts.on_call`` of ``policy.yaml`` (``CT_ALERT_TO``, comma-separated).
+        git_commit: the code version recorded on models (``CT_GIT_COMMIT``); default ``git rev-parse``.
     """
 
     home: Path
@@ -58,8 +99,15 @@ class Settings:
     mlflow_tracking_uri: str
     endpoint_url: str
     airflow_url: str
-    smtp_conn_id: str
+    smtp_conn_id: str = DEFAULT_SMTP_CONN_ID
     endpoint_workers: int = 2
+    endpoint_poll_seconds: float = 2.0
+    endpoint_flush_seconds: float = 2.0
+    task_retries: int = 1
+    task_retry_delay_seconds: int = 60
+    model_name: str | None = None
+    alert_to: tuple[str, ...] | None = None
+    git_commit: str | None = None
     repo_root: Path = field(default=REPO_ROOT)
 
     @property
@@ -83,6 +131,14 @@ class Settings:
         return self.home / "mlflow"
 
     @property
+    def pycache_dir(self) -> Path:
+        return self.home / "pycache"
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.home / "demo"
+
+    @property
     def dags_folder(self) -> Path:
         return self.repo_root / "dags"
 
@@ -91,26 +147,44 @@ class Settings:
         return self.repo_root / "plugins"
 
 
-def load_settings() -> Settings:
-    """Read the settings from the environment (cheap; call it wherever you need them)."""
-    home = Path(_env("CT_HOME", str(REPO_ROOT / ".ct"))).expanduser().resolve()
-    host = _env("CT_HOST", "127.0.0.1")
-    airflow_port = _env_int("CT_AIRFLOW_PORT", 8080)
-    mlflow_port = _env_int("CT_MLFLOW_PORT", 5000)
-    endpoint_port = _env_int("CT_ENDPOINT_PORT", 8000)
-    smtp_port = _env_int("CT_SMTP_PORT", 8025)
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from the environment (cheap; call it wherever you need them).
+
+    Args:
+        environ: the variables to read (default ``os.environ``).
+
+    Raises:
+        ValueError: a numeric variable does not parse (the variable is named).
+    """
+    env = _Env(os.environ if environ is None else environ)
+    home = Path(env.text("CT_HOME", str(REPO_ROOT / ".ct"))).expanduser().resolve()
+    host = env.text("CT_HOST", "127.0.0.1")
+    port = "an integer port"
+    airflow_port = env.integer("CT_AIRFLOW_PORT", 8080, port)
+    mlflow_port = env.integer("CT_MLFLOW_PORT", 5000, port)
+    endpoint_port = env.integer("CT_ENDPOINT_PORT", 8000, port)
+    smtp_port = env.integer("CT_SMTP_PORT", 8025, port)
     return Settings(
         home=home,
-        config_dir=Path(_env("CT_CONFIG_DIR", str(REPO_ROOT / "include" / "config"))).expanduser().resolve(),
-        lake=Path(_env("CT_LAKE", str(home / "lake"))).expanduser().resolve(),
+        config_dir=Path(env.text("CT_CONFIG_DIR", str(REPO_ROOT / "include" / "config")))
+        .expanduser()
+        .resolve(),
+        lake=Path(env.text("CT_LAKE", str(home / "lake"))).expanduser().resolve(),
         host=host,
         airflow_port=airflow_port,
         mlflow_port=mlflow_port,
         endpoint_port=endpoint_port,
         smtp_port=smtp_port,
-        mlflow_tracking_uri=_env("CT_MLFLOW_TRACKING_URI", f"http://{host}:{mlflow_port}"),
-        endpoint_url=_env("CT_ENDPOINT_URL", f"http://{host}:{endpoint_port}"),
-        airflow_url=_env("CT_AIRFLOW_URL", f"http://{host}:{airflow_port}"),
-        smtp_conn_id=_env("CT_SMTP_CONN_ID", "ct_smtp"),
-        endpoint_workers=_env_int("CT_ENDPOINT_WORKERS", 2),
+        mlflow_tracking_uri=env.text("CT_MLFLOW_TRACKING_URI", f"http://{host}:{mlflow_port}"),
+        endpoint_url=env.text("CT_ENDPOINT_URL", f"http://{host}:{endpoint_port}"),
+        airflow_url=env.text("CT_AIRFLOW_URL", f"http://{host}:{airflow_port}"),
+        smtp_conn_id=env.text("CT_SMTP_CONN_ID", DEFAULT_SMTP_CONN_ID),
+        endpoint_workers=env.integer("CT_ENDPOINT_WORKERS", 2, "a number of worker processes"),
+        endpoint_poll_seconds=env.seconds("CT_ENDPOINT_POLL_SECONDS", 2.0),
+        endpoint_flush_seconds=env.seconds("CT_ENDPOINT_FLUSH_SECONDS", 2.0),
+        task_retries=env.integer("CT_TASK_RETRIES", 1, "a number of retries"),
+        task_retry_delay_seconds=env.integer("CT_TASK_RETRY_DELAY_SECONDS", 60, "a whole number of seconds"),
+        model_name=env.optional("CT_MODEL_NAME"),
+        alert_to=env.names("CT_ALERT_TO"),
+        git_commit=env.optional("CT_GIT_COMMIT"),
     )

@@ -68,7 +68,7 @@ def stop_process(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def smtp_sink() -> Iterator[Path]:
     """The project's SMTP sink on the session's SMTP port; yields the folder where mails land."""
-    from continuous_training.mailsink import MailSink
+    from continuous_training.ops.mailsink import MailSink
 
     settings = load_settings()
     sink = MailSink(settings.mail_dir, host=settings.host, port=settings.smtp_port)

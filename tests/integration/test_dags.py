@@ -17,16 +17,16 @@ import pytest
 import yaml
 
 from continuous_training.config import load_contract, load_policy
-from continuous_training.mailsink import read_mail
-from continuous_training.settings import load_settings
-from continuous_training.simulate import (
+from continuous_training.lake import Lake
+from continuous_training.ops.mailsink import read_mail
+from continuous_training.ops.simulate import (
     DRIFT_COLUMNS,
     SimulatorConfig,
     client_requests,
     land_day,
     send_traffic,
 )
-from continuous_training.storage import Lake
+from continuous_training.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def run_dag(loop, dag_id: str, conf: dict) -> tuple[str, dict[str, str]]:
 
 def wait_until_logged(rows: int, since: datetime, timeout: float = 60.0) -> None:
     """The endpoint's workers flush their prediction logs every second here; wait for all rows."""
-    from continuous_training.serving.predlog import read_predictions
+    from continuous_training.predlog import read_predictions
 
     deadline = time.monotonic() + timeout
     while len(read_predictions(Lake.from_settings(), since, datetime.now(UTC))) < rows:
@@ -150,7 +150,7 @@ def _landed_columns(loop, day) -> list[str]:
 
 def _ingest_directly(loop, day) -> None:
     """The ingest steps without the scheduler (the same functions the tasks call), to build history fast."""
-    from continuous_training import steps
+    from continuous_training.adapter import steps
 
     land_day(loop["lake"], day, SIM)
     validation = steps.validate_partition(steps.stage_partition(day.isoformat()))
@@ -182,7 +182,7 @@ def test_train_deploys_the_first_champion(loop):
 
 
 def test_rerunning_train_creates_no_second_version(loop):
-    from continuous_training import steps
+    from continuous_training.adapter import steps
 
     state, tasks = run_dag(loop, "train", {"reason": "integration test"})
     assert state == "success"
@@ -196,7 +196,7 @@ def test_rerunning_train_creates_no_second_version(loop):
 
 def test_clearing_a_train_run_after_new_data_retrains_nothing(loop):
     """Clearing the first train run's tasks, after another day was published, gives the same run and version."""
-    from continuous_training import steps
+    from continuous_training.adapter import steps
 
     (version,) = versions()
     run_id = version.tags["ct.dag_run_id"]

@@ -21,9 +21,18 @@ import mlflow
 import pandas as pd
 import pytest
 
-from continuous_training import registry
+from continuous_training import modelstore
 from continuous_training.config import ModelPolicy, load_contract, load_policy
-from continuous_training.deploy import (
+from continuous_training.lake import (
+    DATA_FILE,
+    MANIFEST_FILE,
+    Lake,
+    write_json_atomic,
+    write_parquet_bytes_stable,
+)
+from continuous_training.lineage import EVALUATION_REPORT_ARTIFACT, REFERENCE_ARTIFACT
+from continuous_training.model import registry
+from continuous_training.model.deploy import (
     _POLL_S,
     STABLE_S,
     DeployError,
@@ -31,21 +40,10 @@ from continuous_training.deploy import (
     promote_champion,
     smoke_test,
 )
-from continuous_training.evaluate import REPORT_ARTIFACT, evaluate_challenger, gate_verdict
-from continuous_training.simulate import SimulatorConfig, generate_day
-from continuous_training.storage import (
-    DATA_FILE,
-    MANIFEST_FILE,
-    Lake,
-    write_json_atomic,
-    write_parquet_bytes_stable,
-)
-from continuous_training.train import (
-    REFERENCE_ARTIFACT,
-    build_training_set,
-    select_training_days,
-    train_challenger,
-)
+from continuous_training.model.evaluate import evaluate_challenger, gate_verdict
+from continuous_training.model.train import train_challenger
+from continuous_training.model.training_set import build_training_set, select_training_days
+from continuous_training.ops.simulate import SimulatorConfig, generate_day
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +178,7 @@ def test_evaluate_without_champion(world):
     history = client.get_metric_history(run_id, "holdout_roc_auc")
     assert [h.value for h in history] == [evaluation["challenger"]["roc_auc"]]  # not logged twice
     assert client.get_run(run_id).data.metrics.get("champion_holdout_roc_auc") is None
-    assert evaluation["report_artifact_uri"].endswith(REPORT_ARTIFACT)
+    assert evaluation["report_artifact_uri"].endswith(EVALUATION_REPORT_ARTIFACT)
     page = mlflow.artifacts.load_text(evaluation["report_artifact_uri"])
     assert "no champion yet" in page
     assert page.count("<polyline") == 1
@@ -210,7 +208,7 @@ def test_register_twice_gives_one_version(world):
 
 
 def test_version_loads_and_passes_the_smoke_test(world):
-    reference = registry.load_reference_sample(MODEL, 1)
+    reference = modelstore.load_reference_sample(MODEL, 1)
     assert len(reference) == min(1000, world["state"]["a"]["train_rows"])
     result = smoke_test(MODEL, 1, reference.head(100))
     assert result["rows"] == 100

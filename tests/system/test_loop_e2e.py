@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import pytest
 
-from continuous_training.mailsink import read_mail
+from continuous_training.ops.mailsink import read_mail
+from continuous_training.ops.simulate import DRIFT_COLUMNS
 from continuous_training.settings import load_settings
-from continuous_training.simulate import DRIFT_COLUMNS
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def stack():
-    from continuous_training.stack import stack_down
+    from continuous_training.ops.stack import stack_down
 
     settings = load_settings()
     yield settings
@@ -26,8 +26,8 @@ def stack():
 
 
 def test_demo_loop_with_the_scheduler(stack):
-    from continuous_training.demo import run_demo
-    from continuous_training.stack import stack_status
+    from continuous_training.ops.demo import run_demo
+    from continuous_training.ops.stack import stack_status
 
     summary = run_demo(stack)
 
@@ -46,7 +46,7 @@ def test_demo_loop_with_the_scheduler(stack):
 
     import mlflow
 
-    from continuous_training.registry import get_champion
+    from continuous_training.model.registry import get_champion
 
     run = mlflow.MlflowClient(stack.mlflow_tracking_uri).get_run(get_champion()["run_id"])
     assert run.data.tags["ct.reason"].startswith("drift in ")

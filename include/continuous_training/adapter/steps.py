@@ -1,0 +1,320 @@
+"""The Airflow adapter: one function per DAG task, plain JSON in, small JSON out.
+
+The DAG files only wire these together; each function here calls one library function and decides
+what the task returns through XCom (a path, a hash, a version, a verdict: never a DataFrame or a
+model), turning "nothing to do" into a skip. It is the one module of the library, with the alerts,
+that knows Airflow. Keeping these outside the DAG files lets them be tested without a scheduler and
+keeps DAG parsing light (this module is imported inside task functions only).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowSkipException
+
+from continuous_training.alerts import mail
+from continuous_training.alerts.notifier import notify
+from continuous_training.config import load_policy
+from continuous_training.lake import Lake, day_key
+from continuous_training.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+
+def _lake() -> Lake:
+    return Lake.from_settings()
+
+
+def _run_url(dag_id: str, run_id: str) -> str:
+    return mail.airflow_run_url(load_settings().airflow_url, dag_id, run_id)
+
+
+# --------------------------------------------------------------------------------------------- ingest
+
+
+def resolve_day(param_day: str | None, data_interval_start: Any) -> str:
+    """The day a run ingests: the ``day`` param if given, else the start of its data interval."""
+    if param_day:
+        try:
+            return day_key(param_day)
+        except ValueError as exc:
+            raise ValueError(f"param `day`: expected YYYY-MM-DD, got {param_day!r}") from exc
+    if data_interval_start is None:
+        raise ValueError("param `day` is empty and this run has no data interval: give a day (YYYY-MM-DD)")
+    return data_interval_start.date().isoformat()
+
+
+def stage_partition(day: str) -> dict[str, Any]:
+    """Canonicalise the day's landing files into ``raw/dt=<day>``; skip the run if nothing landed."""
+    from continuous_training.data.ingest import NoLandingFilesError, stage_raw_partition
+
+    try:
+        manifest = stage_raw_partition(_lake(), day)
+    except NoLandingFilesError as exc:
+        raise AirflowSkipException(f"Nothing to ingest for {day}: {exc}") from exc
+    log.info("Staged %s: %s rows, sha256 %s", day, manifest["rows"], manifest["sha256"])
+    return manifest
+
+
+def validate_partition(staged: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``raw/dt=<day>``; the full GX result is stored in the lake, a summary is returned."""
+    from continuous_training.data.validate import validate_day
+
+    outcome, record = validate_day(_lake(), staged["day"])
+    keys = ("success", "day", "sha256", "rows", "bad_rows", "evaluated", "parse_errors")
+    summary = {k: outcome.get(k) for k in keys}
+    summary["failed"] = [{k: v for k, v in f.items() if k != "kwargs"} for f in outcome["failed"]]
+    summary["result_path"] = str(record)
+    log.info(
+        "Validation of %s: success=%s, %d failed expectation(s)",
+        staged["day"],
+        outcome["success"],
+        len(outcome["failed"]),
+    )
+    return summary
+
+
+def publish_partition(validation: dict[str, Any]) -> dict[str, Any]:
+    """Publish ``validated/dt=<day>`` (idempotent)."""
+    from continuous_training.data.partitions import publish_validated
+    from continuous_training.data.validate import read_validation_record
+
+    lake = _lake()
+    outcome = read_validation_record(lake, validation["day"], validation["sha256"])
+    return publish_validated(lake, validation["day"], outcome)
+
+
+def quarantine_partition(validation: dict[str, Any], *, run_id: str = "") -> dict[str, Any]:
+    """Move a failing batch to quarantine and mail on-call what failed (once per batch)."""
+    from continuous_training.data.partitions import quarantine_partition as keep_in_quarantine
+    from continuous_training.data.validate import read_validation_record, summarize_failures
+
+    lake, day = _lake(), validation["day"]
+    outcome = read_validation_record(lake, day, validation["sha256"])
+    kept = keep_in_quarantine(lake, day, outcome)
+    lines = summarize_failures(outcome)
+    notify(
+        mail.bad_data_mail(
+            day=day,
+            outcome=outcome,
+            failures=lines,
+            quarantine_path=kept["path"],
+            landing_path=str(lake.landing(day)),
+            run_url=_run_url("ingest", run_id) if run_id else None,
+        )
+    )
+    return {"day": day, "path": kept["path"], "failed": lines}
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def run_reason(params: dict[str, Any] | None, dag_run: Any) -> str:
+    """Why this training run happens: new data (Asset), drift (monitor) or what the user typed."""
+    from continuous_training.model.training_set import NEW_DATA_REASON
+
+    run_type = str(getattr(dag_run, "run_type", "") or "")
+    if run_type.lower().endswith("asset_triggered"):
+        return NEW_DATA_REASON
+    return str((params or {}).get("reason") or "manual")
+
+
+def lineage(dag_run: Any) -> dict[str, str]:
+    """The DAG run and code version a model comes from."""
+    from continuous_training.lineage import UNKNOWN, git_commit
+
+    return {
+        "dag_id": str(getattr(dag_run, "dag_id", "") or "train"),
+        "dag_run_id": str(getattr(dag_run, "run_id", "") or UNKNOWN),
+        "git_commit": git_commit(),
+    }
+
+
+def build_training_set(window_days: int | None, run_id: str) -> dict[str, Any]:
+    """Snapshot the newest validated partitions, pinned to this DAG run; skip when there are none yet."""
+    from continuous_training.model.training_set import snapshot_for_run
+
+    window = int(window_days or load_policy().training.window_days)
+    snapshot = snapshot_for_run(_lake(), run_id, window)
+    if snapshot is None:
+        raise AirflowSkipException("No validated partition yet: nothing to train on.")
+    return snapshot
+
+
+def should_train(training_set: dict[str, Any], reason: str, force: bool) -> bool:
+    """Apply :func:`continuous_training.model.training_set.training_decision`; log why."""
+    from continuous_training.model.registry import get_champion
+    from continuous_training.model.training_set import training_decision
+
+    decision = training_decision(training_set, get_champion(), load_policy().training, reason, force)
+    log.info("Train? %s: %s", decision["train"], decision["why"])
+    return bool(decision["train"])
+
+
+def train_challenger(
+    training_set: dict[str, Any], reason: str, lineage: dict[str, str], params: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Fit the challenger and log it to MLflow, with the drift report that asked for it, if any."""
+    from continuous_training.model.train import train_challenger as fit
+
+    extra = dict(lineage)
+    if params and params.get("drift_report"):
+        extra["drift_report"] = str(params["drift_report"])
+        extra["drifted_columns"] = ",".join(params.get("drifted_columns") or [])
+    return fit(training_set, reason=reason, lineage=extra)
+
+
+def evaluate(run_id: str) -> dict[str, Any]:
+    """Score challenger and champion on the challenger's holdout."""
+    from continuous_training.model.evaluate import evaluate_challenger
+
+    return evaluate_challenger(run_id)
+
+
+def gate(evaluation: dict[str, Any], force: bool) -> dict[str, Any]:
+    """Apply the gate and record the verdict on the challenger's MLflow run (tag ``ct.gate_verdict``)."""
+    from continuous_training.model.evaluate import gate_verdict
+    from continuous_training.model.registry import record_gate_verdict
+
+    verdict = gate_verdict(
+        evaluation["challenger"],
+        evaluation.get("champion"),
+        load_policy().gate,
+        force=force,
+        champion_error=evaluation.get("champion_error"),
+    )
+    verdict["champion_version"] = evaluation.get("champion_version")
+    record_gate_verdict(evaluation["run_id"], verdict)
+    log.info("Gate %s: %s", "passed" if verdict["passed"] else "BLOCKED", "; ".join(verdict["reasons"]))
+    return verdict
+
+
+def register(run_id: str, lineage: dict[str, str]) -> dict[str, Any]:
+    """Register a run that passed the gate (at most one version per run)."""
+    from continuous_training.model.registry import register_passed
+
+    return register_passed(run_id, lineage)
+
+
+def deploy(registered: dict[str, Any], lineage: dict[str, str]) -> dict[str, Any]:
+    """Smoke-test the version and make it the champion; mail on-call if the endpoint refused it."""
+    from continuous_training.model.deploy import (
+        DeployRolledBack,
+        check_gated_against,
+        promote_champion,
+        smoke_test,
+    )
+    from continuous_training.model.registry import get_champion, recorded_verdict
+    from continuous_training.modelstore import load_reference_sample
+
+    name, version = registered["name"], str(registered["version"])
+    gated_against = recorded_verdict(registered["run_id"]).get("champion_version")
+    champion = get_champion(name)
+    check_gated_against(name, version, gated_against, str(champion["version"]) if champion else None)
+    sample = load_reference_sample(name, version).head(200)
+    smoke = smoke_test(name, version, sample)
+    log.info("Smoke test of %s v%s passed: %s", name, version, smoke)
+    try:
+        promoted = promote_champion(name, version, endpoint_url=load_settings().endpoint_url)
+    except DeployRolledBack as exc:
+        notify(
+            mail.deploy_rolled_back_mail(
+                name=name,
+                version=version,
+                error=str(exc),
+                dag_run_id=lineage["dag_run_id"],
+                run_url=_run_url(lineage["dag_id"], lineage["dag_run_id"]),
+            )
+        )
+        raise
+    return {**promoted, "smoke_test": smoke}
+
+
+def notify_gate_blocked(run_id: str, lineage: dict[str, str]) -> bool:
+    """Mail on-call why the challenger was refused (once per MLflow run)."""
+    from continuous_training.model.registry import recorded_verdict
+    from continuous_training.modelstore import client
+
+    verdict = recorded_verdict(run_id)
+    experiment_id = client().get_run(run_id).info.experiment_id
+    return notify(
+        mail.gate_blocked_mail(
+            run_id=run_id,
+            verdict=verdict,
+            mlflow_url=mail.mlflow_run_url(load_settings().mlflow_tracking_uri, experiment_id, run_id),
+            run_url=_run_url(lineage["dag_id"], lineage["dag_run_id"]),
+        )
+    )
+
+
+# -------------------------------------------------------------------------------------------- monitor
+
+
+def collect_served(params: dict[str, Any], dag_run: Any) -> dict[str, Any]:
+    """Snapshot the champion's served rows of the window, and its reference sample, into the lake."""
+    from continuous_training.lineage import CHAMPION
+    from continuous_training.modelstore import alias_version, client
+    from continuous_training.monitoring.window import snapshot_window, window_bounds
+
+    policy = load_policy()
+    run_after = getattr(dag_run, "run_after", None) or datetime.now(UTC)
+    start, end = window_bounds(
+        run_after,
+        window_start=params.get("window_start"),
+        window_end=params.get("window_end"),
+        window_hours=float(params.get("window_hours") or policy.drift.window_hours),
+    )
+    version = alias_version(client(), policy.model.name, CHAMPION)
+    if version is None:
+        raise AirflowSkipException("No champion is serving yet: nothing to monitor.")
+    run_id = str(getattr(dag_run, "run_id", "") or "manual")
+    collected = snapshot_window(
+        _lake(), run_id, start, end, model_name=policy.model.name, model_version=version
+    )
+    return {**collected, "min_rows": policy.drift.min_rows}
+
+
+def enough_rows(collected: dict[str, Any]) -> bool:
+    """Whether the window holds enough served rows to be judged (``drift.min_rows``)."""
+    if collected["rows"] < collected["min_rows"]:
+        log.info(
+            "Only %d served rows in the window (drift.min_rows is %d): not judged",
+            collected["rows"],
+            collected["min_rows"],
+        )
+        return False
+    return True
+
+
+def compute_drift(collected: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Drift report of the window against the champion's reference sample (both snapshotted by collect)."""
+    from continuous_training.monitoring.drift import compute_drift as drift_report
+
+    result = drift_report(
+        Path(collected["reference_path"]),
+        Path(collected["path"]),
+        report_dir=_lake().drift_report_dir(run_id or "manual"),
+        title=f"{collected['model_name']} v{collected['model_version']}: "
+        f"{collected['window_start']} .. {collected['window_end']}",
+    )
+    result.update({k: collected[k] for k in ("model_name", "model_version", "window_start", "window_end")})
+    return result
+
+
+def alert_drift(drift: dict[str, Any], run_id: str) -> bool:
+    """Mail on-call the drifted columns, their scores and the report (once per monitor run)."""
+    return notify(mail.drift_mail(drift=drift, monitor_run_id=run_id, run_url=_run_url("monitor", run_id)))
+
+
+def retrain_due(
+    drift: dict[str, Any], run_id: str, run_after: datetime | None = None
+) -> dict[str, Any] | None:
+    """Conf for the ``train`` DAG if retraining is due (policy + cooldown), else None."""
+    from continuous_training.monitoring.retrain import retrain_conf
+
+    # The run's own time, not the wall clock: re-running an old monitor run judges the cooldown as it was.
+    return retrain_conf(_lake(), drift, load_policy().drift, run_id, now=run_after)

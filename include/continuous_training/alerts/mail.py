@@ -1,0 +1,195 @@
+"""The mails on-call gets: subjects and HTML bodies, pure functions of the event (no I/O, no Airflow).
+
+Each domain event gives a :class:`Mail` with its event key, the key that makes it go out once
+(:func:`continuous_training.alerts.notifier.send_alert`). The task-failure mail is a Jinja template
+Airflow renders with the task's context (:data:`FAILURE_SUBJECT`, :data:`FAILURE_HTML`). Everything
+interpolated into HTML is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FAILURE_SUBJECT = "[ct] FAILED {{ ti.dag_id }}.{{ ti.task_id }} (run {{ run_id }}, try {{ ti.try_number }})"
+
+FAILURE_HTML = """\
+<h2>Task failed: {{ ti.dag_id }}.{{ ti.task_id }}</h2>
+<table>
+<tr><th align="left">DAG</th><td>{{ ti.dag_id }}</td></tr>
+<tr><th align="left">Task</th><td>{{ ti.task_id }}{% if ti.map_index is not none and ti.map_index >= 0 %} [{{ ti.map_index }}]{% endif %}</td></tr>
+<tr><th align="left">Run</th><td>{{ run_id }}</td></tr>
+<tr><th align="left">Try</th><td>{{ ti.try_number }}</td></tr>
+<tr><th align="left">Log</th><td><a href="{{ ti.log_url }}">{{ ti.log_url }}</a></td></tr>
+</table>
+<h3>Error</h3>
+<pre>{{ exception | string | e }}</pre>
+<p>Clear the task in the Airflow UI to retry it once the cause is fixed: every task of this project is
+idempotent, so a re-run gives the same result and no duplicates.</p>
+"""
+
+
+@dataclass(frozen=True)
+class Mail:
+    """One domain alert: the event it is about (mailed once), its subject, HTML body and facts.
+
+    Attributes:
+        event_key: identifies the event (same event -> same key).
+        subject: the subject, without the ``[ct]`` prefix the notifier adds.
+        html: the body.
+        details: JSON-serialisable facts kept in the alert ledger beside the mail.
+    """
+
+    event_key: str
+    subject: str
+    html: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def render_table(rows: Sequence[tuple[str, Any]]) -> str:
+    """A two-column HTML table of (label, value), values escaped."""
+    cells = "".join(
+        f'<tr><th align="left">{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>' for k, v in rows
+    )
+    return f"<table>{cells}</table>"
+
+
+def airflow_run_url(airflow_url: str, dag_id: str, run_id: str) -> str:
+    """The Airflow UI page of a DAG run."""
+    return f"{airflow_url}/dags/{dag_id}/runs/{run_id}"
+
+
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run."""
+    return f"{tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def bad_data_mail(
+    *,
+    day: str,
+    outcome: Mapping[str, Any],
+    failures: Sequence[str],
+    quarantine_path: str,
+    landing_path: str,
+    run_url: str | None,
+) -> Mail:
+    """A batch failed validation and was quarantined.
+
+    Args:
+        day: the partition day.
+        outcome: the validation outcome (``failed``, ``evaluated``, ``rows``, ``bad_rows``, ``sha256``).
+        failures: one readable line per failed check.
+        quarantine_path: where the batch and its evidence are kept.
+        landing_path: the landing folder to drop a corrected export in.
+        run_url: the ingest run's page, if known.
+    """
+    body = (
+        f"<h2>Bad data: the batch of {html.escape(day)} was quarantined</h2>"
+        f"<p>{len(outcome['failed'])} of {outcome.get('evaluated', '?')} expectations of the dataset contract failed. "
+        "The batch was <b>not</b> published, so no model trains on it; nothing was deleted.</p>"
+        "<h3>Failed expectations</h3><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in failures)
+        + "</ul>"
+        + render_table(
+            [
+                ("Day", day),
+                ("Rows", outcome.get("rows")),
+                ("Rows failing a row-level check", outcome.get("bad_rows", "-")),
+                ("Batch sha256", outcome["sha256"]),
+                ("Quarantined in (the batch, its GX result, the failing rows)", quarantine_path),
+                ("Landing files", landing_path),
+                ("Ingest run", run_url or "-"),
+            ]
+        )
+        + "<p>To recover: replace the bad file(s) in the landing folder with a corrected export (the bad "
+        "ones are kept in quarantine), then trigger <code>ingest</code> with the <i>day</i> param.</p>"
+    )
+    return Mail(
+        event_key=f"bad-data/{day}/{outcome['sha256'][:12]}",
+        subject=f"Bad data: batch of {day} quarantined ({len(outcome['failed'])} expectation(s) failed)",
+        html=body,
+        details={"day": day, "failed": list(failures), "quarantine": quarantine_path},
+    )
+
+
+def deploy_rolled_back_mail(*, name: str, version: str, error: str, dag_run_id: str, run_url: str) -> Mail:
+    """A deploy was not confirmed by the endpoint and the champion alias went back.
+
+    Args:
+        name: registered model name.
+        version: the version that was not served.
+        error: what the deploy step said (the rollback target included).
+        dag_run_id: the train run that deployed.
+        run_url: its page.
+    """
+    return Mail(
+        event_key=f"deploy-rolled-back/{name}/{version}/{dag_run_id}",
+        subject=f"Deploy rolled back: {name} v{version} was not served",
+        html=f"<h2>Deploy of {html.escape(name)} v{html.escape(version)} rolled back</h2>"
+        f"<p>{html.escape(error)}</p>" + render_table([("Train run", run_url)]),
+    )
+
+
+def gate_blocked_mail(*, run_id: str, verdict: Mapping[str, Any], mlflow_url: str, run_url: str) -> Mail:
+    """The gate refused a challenger; the champion stays.
+
+    Args:
+        run_id: the challenger's MLflow run.
+        verdict: the gate verdict (reasons, metric, values, floor, champion version).
+        mlflow_url: the run's MLflow page (its evaluation report is under Artifacts).
+        run_url: the train run's page.
+    """
+    body = (
+        "<h2>Gate blocked the challenger</h2><p>The serving champion stays in place.</p><ul>"
+        + "".join(f"<li>{html.escape(r)}</li>" for r in verdict["reasons"])
+        + "</ul>"
+        + render_table(
+            [
+                ("Metric", verdict.get("metric")),
+                ("Challenger", verdict.get("challenger_value")),
+                ("Champion", verdict.get("champion_value")),
+                ("Floor", verdict.get("floor")),
+                ("Champion version", verdict.get("champion_version")),
+                ("MLflow run (evaluation report under Artifacts)", mlflow_url),
+                ("Train run", run_url),
+            ]
+        )
+        + "<p>To promote it anyway (never below the floor), trigger <code>train</code> with <i>force</i>.</p>"
+    )
+    return Mail(
+        event_key=f"gate-blocked/{run_id}",
+        subject=f"Gate blocked challenger (run {run_id[:8]})",
+        html=body,
+        details=dict(verdict),
+    )
+
+
+def drift_mail(*, drift: Mapping[str, Any], monitor_run_id: str, run_url: str) -> Mail:
+    """Drift was found in what the endpoint served.
+
+    Args:
+        drift: the drift result (drifted columns, scores, methods, threshold, window, report paths).
+        monitor_run_id: the monitor run that found it.
+        run_url: its page.
+    """
+    rows = [(c, f"{drift['scores'][c]:.3f}") for c in drift["drifted_columns"]]
+    body = (
+        f"<h2>Drift found in {len(drift['drifted_columns'])} column(s)</h2>"
+        f"<p>What the endpoint served with {html.escape(drift['model_name'])} v{html.escape(drift['model_version'])} "
+        f"between {html.escape(drift['window_start'])} and {html.escape(drift['window_end'])} "
+        f"({drift['rows_current']} rows) differs from the model's reference sample "
+        f"({drift['num_method']} / {drift['cat_method']}, threshold {drift['threshold']}).</p>"
+        + render_table([("Column", "Score"), *rows])
+        + f'<p>Report: <a href="file://{html.escape(drift["report_html"])}">{html.escape(drift["report_html"])}</a></p>'
+        + render_table([("Monitor run", run_url)])
+        + "<p>The <code>train</code> DAG is triggered with this report unless a drift-triggered retraining "
+        "ran within the cooldown.</p>"
+    )
+    return Mail(
+        event_key=f"drift/{monitor_run_id}",
+        subject=f"Drift in {', '.join(drift['drifted_columns'])} ({drift['model_name']} v{drift['model_version']})",
+        html=body,
+        details={k: drift[k] for k in ("drifted_columns", "scores", "report_html", "report_json")},
+    )

@@ -1,0 +1,124 @@
+"""Sending alert mail to on-call: task failures (a notifier) and domain events (bad data, drift, gate,
+rollback). What the mails say is :mod:`continuous_training.alerts.mail`.
+
+This module is imported by DAG files at parse time, so it imports nothing heavy and reads no file at
+import or construction; recipients and the sender are resolved when a mail is actually sent.
+
+Domain alerts are idempotent: each carries an event key (e.g. ``bad-data/2026-10-05/<sha12>``) and a
+ledger entry under ``<lake>/alerts/`` records that it was sent, so a re-run or a cleared task never mails
+the same event twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+from continuous_training.alerts.mail import FAILURE_HTML, FAILURE_SUBJECT, Mail
+from continuous_training.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+
+def _recipients(to: str | Iterable[str] | None) -> list[str]:
+    if to:
+        return [to] if isinstance(to, str) else list(to)
+    from continuous_training.config import load_policy
+
+    return list(load_policy().alerts.on_call)
+
+
+def _from_email() -> str:
+    from continuous_training.config import load_policy
+
+    return load_policy().alerts.from_email
+
+
+class OnCallNotifier(SmtpNotifier):
+    """Mails on-call when a task fails: which task, which run, the error text and the log link.
+
+    Use it as ``on_failure_callback=OnCallNotifier()`` (in ``default_args``). Recipients default to
+    ``alerts.on_call`` of ``policy.yaml`` (``CT_ALERT_TO`` overrides), the connection to ``CT_SMTP_CONN_ID``.
+    """
+
+    def __init__(self, to: str | Iterable[str] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("subject", FAILURE_SUBJECT)
+        kwargs.setdefault("html_content", FAILURE_HTML)
+        kwargs.setdefault("smtp_conn_id", load_settings().smtp_conn_id)
+        super().__init__(to=to or [], **kwargs)
+
+    def notify(self, context: Any) -> None:
+        self.to = _recipients(self.to)
+        if self.from_email is None:
+            self.from_email = _from_email()
+        super().notify(context)
+
+
+def send_alert(
+    event_key: str,
+    subject: str,
+    html_body: str,
+    *,
+    to: str | Iterable[str] | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> bool:
+    """Send a domain alert once per event.
+
+    Args:
+        event_key: identifies the event (same event -> same key); the ledger makes a second send a no-op.
+        subject: mail subject; ``[ct]`` is prefixed.
+        html_body: the mail body (HTML; escape what you interpolate).
+        to: recipients; default ``alerts.on_call`` from policy.yaml (``CT_ALERT_TO`` overrides).
+        details: JSON-serialisable facts stored in the ledger entry beside the mail.
+
+    Returns:
+        True if a mail was sent now, False if this event had already been mailed.
+    """
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    from continuous_training.lake import Lake, write_json_atomic
+
+    ledger = Lake.from_settings().alert_ledger(event_key)
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Claim the event atomically: of two runs racing on the same event, exactly one mails it.
+        os.close(os.open(ledger, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        log.info("Alert %s was already sent (ledger %s); not sending it again", event_key, ledger)
+        return False
+    recipients = _recipients(to)
+    full_subject = f"[ct] {subject}"
+    try:
+        with SmtpHook(smtp_conn_id=load_settings().smtp_conn_id) as hook:
+            hook.send_email_smtp(
+                to=recipients,
+                subject=full_subject,
+                html_content=html_body,
+                from_email=hook.from_email or _from_email(),
+                custom_headers={"X-CT-Event": event_key},
+            )
+    except BaseException:
+        ledger.unlink(missing_ok=True)  # not sent: a retry must be able to send it
+        raise
+    write_json_atomic(
+        ledger,
+        {
+            "event_key": event_key,
+            "subject": full_subject,
+            "to": recipients,
+            "sent_at": datetime.now(UTC).isoformat(),
+            "details": dict(details or {}),
+        },
+    )
+    log.info("Sent alert %s to %s", event_key, recipients)
+    return True
+
+
+def notify(mail: Mail, *, to: str | Iterable[str] | None = None) -> bool:
+    """Send a :class:`~continuous_training.alerts.mail.Mail` once per event (see :func:`send_alert`)."""
+    return send_alert(mail.event_key, mail.subject, mail.html, to=to, details=mail.details)

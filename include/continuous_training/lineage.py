@@ -1,0 +1,75 @@
+"""Names a model carries through its life: registry aliases, run and version tags, artifact paths.
+
+Shared by training, the registry, deployment, the endpoint and the monitor, so each name is written
+once. A model version is traceable to its training-set hash, the DAG run that made it, the code
+version and the gate verdict (DESIGN's "contracts between stages").
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from typing import TYPE_CHECKING
+
+from continuous_training.settings import load_settings
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+log = logging.getLogger(__name__)
+
+#: The alias the endpoint serves; a passing deploy moves it.
+CHAMPION = "champion"
+#: The alias of the newest registered version.
+CHALLENGER = "challenger"
+
+#: Name of the logged model inside the run (``runs:/<run_id>/model``).
+MODEL_NAME_IN_RUN = "model"
+#: Run artifact holding the drift reference sample (features + target of training rows).
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+#: Run artifact of the evaluation report.
+EVALUATION_REPORT_ARTIFACT = "evaluation/report.html"
+
+# Tags of the challenger's MLflow run (and, copied at registration, of its model version).
+TAG_TRAINING_SET = "ct.training_set_sha256"
+TAG_TRAINING_DAYS = "ct.training_days"
+TAG_HOLDOUT_DAYS = "ct.holdout_days"
+TAG_DAG_ID = "ct.dag_id"
+TAG_DAG_RUN_ID = "ct.dag_run_id"
+TAG_GIT_COMMIT = "ct.git_commit"
+TAG_REASON = "ct.reason"
+TAG_GATE_VERDICT = "ct.gate_verdict"
+TAG_GATE_METRIC_VALUE = "ct.gate_metric_value"
+TAG_EVALUATED_AGAINST = "ct.evaluated_against_champion"
+# Tags of a model version set by deployment.
+TAG_PREVIOUS_CHAMPION = "ct.previous_champion"
+TAG_DEPLOY_CONFIRMED = "ct.deploy_confirmed"
+
+#: The value recorded when a piece of lineage is not known (no git checkout, no DAG run).
+UNKNOWN = "unknown"
+
+
+def run_days(run: Run, tag: str) -> list[str]:
+    """A comma-separated day list stored in a run tag (empty if the tag is absent)."""
+    raw = run.data.tags.get(tag, "")
+    return [d for d in raw.split(",") if d]
+
+
+def git_commit() -> str:
+    """The code version: ``CT_GIT_COMMIT`` if set, else ``git rev-parse HEAD`` of the repo, else "unknown"."""
+    settings = load_settings()
+    if settings.git_commit:
+        return settings.git_commit
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=settings.repo_root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.info("No git commit available (%s): recording 'unknown'", exc)
+        return UNKNOWN
+    return out.stdout.strip() or UNKNOWN

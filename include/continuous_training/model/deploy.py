@@ -1,0 +1,241 @@
+"""Deployment: smoke test, alias flip, wait until the endpoint serves the new champion, or roll back.
+
+The endpoint serves whatever the registry's ``champion`` alias points at: each of its worker processes
+polls the alias every few seconds and swaps models on its own. Deploying is therefore "move the
+alias, then watch ``GET /health`` until every answer names the new version for a while". If that does
+not happen in time, the alias goes back to the previous champion (or is removed if there was none),
+so the registry never claims a champion the endpoint does not serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from continuous_training.config import load_contract
+from continuous_training.features import feature_frame
+from continuous_training.lineage import CHAMPION, TAG_DEPLOY_CONFIRMED, TAG_PREVIOUS_CHAMPION
+from continuous_training.modelstore import alias_version, client, load_model_version
+from continuous_training.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+#: Every /health answer must name the new version for this long: the endpoint runs several workers,
+#: each polling the alias on its own, and one answer shows only one of them.
+STABLE_S = 3.0
+_POLL_S = 0.25
+_NONE = "none"
+
+
+class DeployError(RuntimeError):
+    """A deployment step failed (smoke test, endpoint check)."""
+
+
+class DeployRolledBack(DeployError):
+    """The new champion was not served in time; the message says what the alias was restored to."""
+
+
+def smoke_test(name: str, version: str | int, sample: pd.DataFrame) -> dict[str, Any]:
+    """Load a model version and check it scores a sample sanely before it may serve.
+
+    Args:
+        name: registered model name.
+        version: the version to test.
+        sample: rows holding the contract's feature columns (e.g. the reference sample).
+
+    Returns:
+        ``{"rows", "mean_score"}``.
+
+    Raises:
+        DeployError: naming the failing check (load, predict, shape, finiteness, range).
+    """
+    if sample.empty:
+        raise DeployError(f"smoke test of {name} v{version}: the sample has no rows")
+    try:
+        model = load_model_version(name, version)
+    except Exception as exc:
+        raise DeployError(f"smoke test of {name} v{version}: the model does not load: {exc}") from exc
+    try:
+        proba = np.asarray(model.predict_proba(feature_frame(sample, load_contract())))
+    except Exception as exc:
+        raise DeployError(f"smoke test of {name} v{version}: predict_proba failed: {exc}") from exc
+    if proba.ndim != 2 or proba.shape[0] != len(sample) or proba.shape[1] < 2:
+        raise DeployError(
+            f"smoke test of {name} v{version}: predict_proba returned shape {proba.shape}, expected "
+            f"({len(sample)}, 2)"
+        )
+    score = proba[:, 1].astype("float64")
+    if not np.isfinite(score).all():
+        raise DeployError(
+            f"smoke test of {name} v{version}: {int((~np.isfinite(score)).sum())} of {len(score)} "
+            "scores are not finite"
+        )
+    if (score < 0).any() or (score > 1).any():
+        raise DeployError(
+            f"smoke test of {name} v{version}: scores outside [0, 1] (min {score.min()}, max {score.max()})"
+        )
+    return {"rows": len(score), "mean_score": float(score.mean())}
+
+
+def wait_served(name: str, version: str, url: str, timeout_s: float) -> float:
+    """Seconds until ``url`` served ``version`` in every answer for :data:`STABLE_S`, from at least
+    ``settings.endpoint_workers`` distinct worker processes.
+
+    Raises:
+        DeployError: not reached within ``timeout_s``; says what the endpoint last answered.
+    """
+    import httpx
+
+    start = time.monotonic()
+    deadline = start + timeout_s
+    stable_since: float | None = None
+    last = "no answer"
+    workers = load_settings().endpoint_workers
+    pids: set[Any] = set()
+    # No keep-alive: uvicorn binds a connection to one worker, and every worker must be checked.
+    with httpx.Client(timeout=5.0, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+        while True:
+            now = time.monotonic()
+            served = False
+            try:
+                response = http.get(f"{url.rstrip('/')}/health", timeout=max(0.5, min(5.0, deadline - now)))
+                body = response.json()
+                served = (
+                    response.status_code == 200
+                    and str(body.get("model_version")) == version
+                    and body.get("model_name") == name
+                )
+                last = f"HTTP {response.status_code} {body}"
+            except (httpx.HTTPError, ValueError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            now = time.monotonic()
+            if served:
+                if stable_since is None:
+                    stable_since, pids = now, set()
+                pids.add(body.get("pid"))
+                if now - stable_since >= STABLE_S and len(pids) >= workers:
+                    return stable_since - start
+            else:
+                stable_since = None
+            if now >= deadline:
+                raise DeployError(f"last answer: {last}")
+            time.sleep(_POLL_S)
+
+
+def promote_champion(
+    name: str, version: str | int, *, endpoint_url: str | None = None, timeout_s: float = 120.0
+) -> dict[str, Any]:
+    """Make ``version`` the champion and wait until the endpoint serves it; roll back if it does not.
+
+    Idempotent: if ``champion`` already points at ``version`` and an earlier call confirmed it, the
+    endpoint is only checked again. If the alias points at it but the confirmation never happened (an
+    earlier attempt was killed while waiting), the wait resumes, with the recorded previous champion
+    as the rollback target.
+
+    Args:
+        name: registered model name.
+        version: the version to promote.
+        endpoint_url: the prediction endpoint (default: ``settings.endpoint_url``).
+        timeout_s: how long to wait for the endpoint to serve the version.
+
+    Returns:
+        ``{"name", "version", "previous_version", "changed", "served_after_s"}``.
+
+    Raises:
+        DeployRolledBack: the endpoint did not serve the version in time; the alias was restored.
+        DeployError: the version was already the confirmed champion and the endpoint does not serve it
+            (nothing to roll back to), or the rollback itself failed.
+    """
+    version = str(version)
+    url = endpoint_url or load_settings().endpoint_url
+    mlflow_client = client()
+    current = alias_version(mlflow_client, name, CHAMPION)
+    tags = mlflow_client.get_model_version(name, version).tags or {}
+
+    if current == version:
+        recorded = tags.get(TAG_PREVIOUS_CHAMPION)
+        previous = None if recorded in (None, _NONE) else recorded
+        changed = False
+        if tags.get(TAG_DEPLOY_CONFIRMED) == "true":
+            try:
+                served_after = wait_served(name, version, url, timeout_s)
+            except DeployError as exc:
+                raise DeployError(
+                    f"{name} v{version} is the champion but {url} does not serve it after {timeout_s:.0f}s "
+                    f"({exc})"
+                ) from exc
+            return {
+                "name": name,
+                "version": version,
+                "previous_version": previous,
+                "changed": False,
+                "served_after_s": round(served_after, 2),
+            }
+        log.warning("%s v%s is the champion but was never confirmed served: resuming the wait", name, version)
+    else:
+        previous = current
+        changed = True
+        mlflow_client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, previous or _NONE)
+        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+        log.info("Alias %s of %s moved from v%s to v%s", CHAMPION, name, previous, version)
+
+    try:
+        served_after = wait_served(name, version, url, timeout_s)
+    except DeployError as exc:
+        restored = _restore(mlflow_client, name, previous)
+        raise DeployRolledBack(
+            f"{name} v{version} not served by {url} after {timeout_s:.0f}s; {restored} ({exc})"
+        ) from exc
+    mlflow_client.set_model_version_tag(name, version, TAG_DEPLOY_CONFIRMED, "true")
+    log.info("%s v%s served by %s after %.1fs", name, version, url, served_after)
+    return {
+        "name": name,
+        "version": version,
+        "previous_version": previous,
+        "changed": changed,
+        "served_after_s": round(served_after, 2),
+    }
+
+
+def check_gated_against(name: str, version: str, gated_against: str | None, current: str | None) -> None:
+    """Refuse to deploy a version over a champion its gate never compared it with.
+
+    Clearing an old run's deploy must not replace a champion that came after that run's gate.
+
+    Args:
+        name: registered model name.
+        version: the version to deploy.
+        gated_against: the champion version the gate compared it with (None: there was none).
+        current: the champion version now (None: there is none).
+
+    Raises:
+        DeployError: the champion changed since the gate.
+    """
+    if current in (version, None if gated_against is None else str(gated_against)):
+        return
+    raise DeployError(
+        f"{name} v{version} was gated against champion v{gated_against}, but the champion is now "
+        f"v{current}; not deploying. Trigger train again to evaluate against the current champion."
+    )
+
+
+def _restore(mlflow_client: Any, name: str, previous: str | None) -> str:
+    """Point ``champion`` back at ``previous`` (or remove it); return a sentence saying which."""
+    try:
+        if previous is None:
+            mlflow_client.delete_registered_model_alias(name, CHAMPION)
+            sentence = "champion alias removed (there was no previous champion)"
+        else:
+            mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
+            sentence = f"champion restored to v{previous}"
+    except Exception as exc:
+        raise DeployError(
+            f"rollback of {name} failed: could not restore champion to "
+            f"{'nothing' if previous is None else 'v' + previous}: {exc}"
+        ) from exc
+    log.warning("Rollback of %s: %s", name, sentence)
+    return sentence

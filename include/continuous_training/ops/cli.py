@@ -1,0 +1,253 @@
+"""``ct``: the command line of the project.
+
+Each subcommand is wired by one ``add_<name>_command(subparsers)`` function listed in
+:data:`COMMANDS`; it registers its parser and sets ``handler`` (a function ``(args) -> int``).
+Adding a command means adding a function and one entry in :data:`COMMANDS`, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Subparsers = Any  # argparse's _SubParsersAction is private; the functions below only call add_parser
+
+
+# --------------------------------------------------------------------------------------------------
+# ct stack up | down | status | env
+# --------------------------------------------------------------------------------------------------
+
+
+def _stack_up(args: argparse.Namespace) -> int:
+    from continuous_training.ops.stack import airflow_password, part_url, stack_up
+    from continuous_training.settings import load_settings
+
+    settings = load_settings()
+    parts = [p for p in args.parts.split(",") if p.strip()] if args.parts else None
+    stack_up(settings, parts=parts)
+    print()
+    print("The embedded stack is up:")
+    print(
+        f"  Airflow UI      {part_url(settings, 'airflow-api-server')}   "
+        f"(user admin, password {airflow_password(settings)})"
+    )
+    print(f"  MLflow UI       {part_url(settings, 'mlflow')}")
+    print(f"  endpoint        {part_url(settings, 'endpoint')}")
+    print(f"  mail folder     {settings.mail_dir}   (SMTP {part_url(settings, 'smtp')})")
+    print(f"  logs            {settings.log_dir}")
+    print('Run `eval "$(ct stack env)"` to point the airflow/mlflow CLIs at it; `ct stack down` stops it.')
+    return 0
+
+
+def _stack_down(args: argparse.Namespace) -> int:
+    from continuous_training.ops.stack import stack_down
+
+    stack_down()
+    print("The embedded stack is stopped.")
+    return 0
+
+
+def _stack_status(args: argparse.Namespace) -> int:
+    from continuous_training.ops.stack import stack_status
+
+    status = stack_status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"{'part':<22} {'state':<8} {'pid':>8}  {'health':<40} url")
+    for part, info in status.items():
+        health = ("healthy" if info["healthy"] else "UNHEALTHY") + f" ({info['health']})"
+        if info["state"] == "stopped":
+            health = "-"
+        print(f"{part:<22} {info['state']:<8} {info['pid'] or '-':>8}  {health:<40} {info['url'] or ''}")
+    return 0
+
+
+def _stack_env(args: argparse.Namespace) -> int:
+    from continuous_training.ops.stack import airflow_env, bin_dir
+    from continuous_training.settings import load_settings
+
+    env = airflow_env(load_settings())
+    print('# The embedded stack\'s environment: eval "$(ct stack env)"')
+    for key in sorted(env):
+        print(f"export {key}={shlex.quote(env[key])}")
+    # The stack's processes run without it, so they share one bytecode cache (PYTHONPYCACHEPREFIX).
+    print("unset PYTHONDONTWRITEBYTECODE")
+    print(f'export PATH={shlex.quote(str(bin_dir()))}:"$PATH"')
+    return 0
+
+
+def add_stack_command(subparsers: Subparsers) -> None:
+    """Wire ``ct stack up|down|status|env``.
+
+    Args:
+        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
+    """
+    stack = subparsers.add_parser(
+        "stack",
+        help="start, stop and inspect the embedded stack",
+        description="The embedded stack: SMTP sink, MLflow, Airflow, endpoint.",
+    )
+    actions = stack.add_subparsers(dest="action", required=True, metavar="{up,down,status,env}")
+    up = actions.add_parser("up", help="start every part (parts already running are left alone)")
+    up.add_argument(
+        "--parts",
+        default=None,
+        help="comma-separated subset: smtp, mlflow, airflow (or airflow-api-server, "
+        "airflow-scheduler, airflow-dag-processor, airflow-triggerer), endpoint",
+    )
+    up.set_defaults(handler=_stack_up)
+    actions.add_parser("down", help="stop what `up` started").set_defaults(handler=_stack_down)
+    status = actions.add_parser("status", help="state, pid, health and URL of each part")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_stack_status)
+    actions.add_parser("env", help="print `export K=V` lines for a shell").set_defaults(handler=_stack_env)
+
+
+# --------------------------------------------------------------------------------------------------
+# ct demo | ct simulate
+# --------------------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from continuous_training.ops.demo import DemoPlan, run_demo
+
+    # The demo prints its own progress; the simulator's per-file lines would repeat it.
+    logging.getLogger("continuous_training.ops.simulate").setLevel(logging.WARNING)
+    run_demo(plan=DemoPlan(start=date.fromisoformat(args.start), seed=args.seed))
+    return 0
+
+
+def add_demo_command(subparsers: Subparsers) -> None:
+    """Wire ``ct demo``."""
+    demo = subparsers.add_parser(
+        "demo",
+        help="bring the stack up and run the whole loop (ingest, train, serve, drift, retrain)",
+        description="Runs the loop on the embedded stack through Airflow's scheduler and leaves the stack "
+        "running. Running it again resumes or does nothing.",
+    )
+    demo.add_argument("--start", default="2026-11-02", help="first simulated day (YYYY-MM-DD)")
+    demo.add_argument("--seed", type=int, default=42, help="simulator seed")
+    demo.set_defaults(handler=_demo)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from continuous_training.lake import Lake
+    from continuous_training.ops.simulate import SimulatorConfig, client_requests, land_day, send_traffic
+    from continuous_training.settings import load_settings
+
+    settings = load_settings()
+    bad = dict(item.split("=", 1) for item in args.bad_day)
+    config = SimulatorConfig(
+        seed=args.seed,
+        rows_per_day=args.rows_per_day,
+        drift_from=date.fromisoformat(args.drift_from) if args.drift_from else None,
+        bad_days=bad,
+        label_delay_days=args.label_delay_days,
+    )
+    lake = Lake(settings.lake)
+    start = date.fromisoformat(args.start)
+    for i in range(args.days):
+        day = start + timedelta(days=i)
+        if args.traffic:
+            sent = send_traffic(args.endpoint or settings.endpoint_url, client_requests(day, config))
+            print(
+                f"{day}: sent {sent['rows']} rows in {sent['requests']} requests, {sent['failed_requests']} failed"
+            )
+        for path in land_day(lake, day, config):
+            print(f"{day}: landed {path}")
+    return 0
+
+
+def add_simulate_command(subparsers: Subparsers) -> None:
+    """Wire ``ct simulate``."""
+    sim = subparsers.add_parser(
+        "simulate",
+        help="drop simulated daily batches in the landing folder (and play clients)",
+        description="The project's seeded data source: labelled daily batches of loan applications written "
+        "to $CT_LAKE/landing/<day>/, optionally with covariate shift and bad batches.",
+    )
+    sim.add_argument("--start", required=True, help="first day (YYYY-MM-DD)")
+    sim.add_argument("--days", type=int, default=1, help="number of days")
+    sim.add_argument("--seed", type=int, default=42)
+    sim.add_argument("--rows-per-day", type=int, default=1500, help="weekday volume")
+    sim.add_argument("--drift-from", default=None, help="covariate shift on and after this day")
+    sim.add_argument(
+        "--bad-day",
+        action="append",
+        default=[],
+        metavar="DAY=KIND",
+        help="make a day's batch bad: missing_column, wrong_type, nulls, out_of_range, duplicates, empty_file",
+    )
+    sim.add_argument("--label-delay-days", type=int, default=0)
+    sim.add_argument("--traffic", action="store_true", help="also send each day's rows to the endpoint")
+    sim.add_argument("--endpoint", default=None, help="endpoint URL (default: the stack's)")
+    sim.set_defaults(handler=_simulate)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+#: The wiring functions, in the order their commands appear in `ct --help`.
+COMMANDS: list[Callable[[Subparsers], None]] = [
+    add_demo_command,
+    add_stack_command,
+    add_simulate_command,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ct`` argument parser with every command of :data:`COMMANDS`.
+
+    Returns:
+        The parser; each leaf sets ``handler``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="ct", description="Continuous training on Airflow, MLflow, Great Expectations and Evidently."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add_command in COMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``ct``.
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 on success, 1 on a :class:`~continuous_training.ops.stack.StackError` or a
+        configuration error (message on stderr).
+    """
+    from continuous_training.config import ConfigError
+    from continuous_training.ops.demo import DemoError
+    from continuous_training.ops.stack import StackError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # One line per HTTP call drowns what the commands print themselves.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return int(args.handler(args) or 0)
+    except (StackError, ConfigError, DemoError, TimeoutError) as exc:
+        print(f"ct: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

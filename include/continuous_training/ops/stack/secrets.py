@@ -1,0 +1,155 @@
+"""The embedded stack's secrets: Airflow's keys and the admin password, generated once per state directory.
+
+Each lives in a JSON file with mode 0600 under ``settings.airflow_home``; the first run writes it
+atomically, so two concurrent first runs agree on one value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from continuous_training.ops.stack.errors import StackError
+from continuous_training.settings import Settings
+
+ADMIN_USER = "admin"
+
+
+def _read_json_object(path: Path, expected: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StackError(f"{path}: cannot read it as JSON ({exc}); expected {expected}") from exc
+    if not isinstance(data, dict):
+        raise StackError(f"{path}: expected {expected}, found {type(data).__name__}")
+    return data
+
+
+def _write_private_json(path: Path, data: dict[str, Any], *, replace: bool) -> bool:
+    """Write ``data`` with mode 0600 atomically; without ``replace``, only if ``path`` is absent.
+
+    Returns:
+        True if this call wrote the file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        if replace:
+            os.replace(tmp, path)
+            return True
+        try:
+            # link() fails if the name exists, so two concurrent first runs agree on one secret.
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _private_json(path: Path, makers: dict[str, Callable[[], str]], expected: str) -> dict[str, str]:
+    """Load a 0600 JSON file of secrets, generating (once) any entry that is missing."""
+    if not path.exists():
+        _write_private_json(path, {key: make() for key, make in makers.items()}, replace=False)
+    data = _read_json_object(path, expected)
+    missing = [key for key in makers if not isinstance(data.get(key), str) or not data[key]]
+    if missing:
+        data.update({key: makers[key]() for key in missing})
+        _write_private_json(path, data, replace=True)
+    if path.stat().st_mode & 0o077:
+        # Someone loosened it; these are credentials.
+        os.chmod(path, 0o600)
+    return data
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def stack_secrets(settings: Settings) -> dict[str, str]:
+    """The Airflow secrets of this state directory, generated on first use.
+
+    Stored in ``<home>/airflow/secrets.json`` (mode 0600): ``jwt_secret`` (64 random bytes,
+    url-safe base64), ``fernet_key`` and ``api_secret_key``.
+
+    Args:
+        settings: the stack settings (``settings.airflow_home`` holds the file).
+
+    Returns:
+        The secrets by name.
+
+    Raises:
+        StackError: the file exists but is not a JSON object.
+    """
+    makers: dict[str, Callable[[], str]] = {
+        # Airflow warns (InsecureKeyLengthWarning, repeatedly) below 64 bytes.
+        "jwt_secret": lambda: secrets.token_urlsafe(64),
+        "fernet_key": _fernet_key,
+        "api_secret_key": lambda: secrets.token_urlsafe(32),
+    }
+    return _private_json(
+        settings.airflow_home / "secrets.json",
+        makers,
+        "an object with jwt_secret, fernet_key, api_secret_key",
+    )
+
+
+def passwords_file(settings: Settings) -> Path:
+    """The simple auth manager's password file, ``<home>/airflow/passwords.json``."""
+    return settings.airflow_home / "passwords.json"
+
+
+def airflow_password(settings: Settings) -> str:
+    """The Airflow UI/API password of user ``admin``, generated once per state directory.
+
+    Args:
+        settings: the stack settings.
+
+    Returns:
+        The password (``secrets.token_urlsafe(16)``), as stored in :func:`passwords_file`.
+
+    Raises:
+        StackError: the password file exists but is not a JSON object.
+    """
+    data = _private_json(
+        passwords_file(settings),
+        {ADMIN_USER: lambda: secrets.token_urlsafe(16)},
+        f'an object like {{"{ADMIN_USER}": "<password>"}}',
+    )
+    return data[ADMIN_USER]
+
+
+def secret_env(settings: Settings) -> dict[str, str]:
+    """The secret variables of every Airflow process, generating the secrets on first use.
+
+    Also creates the admin password file (see :func:`airflow_password`): the auth manager reads it,
+    and the variable naming it is not secret, so it is in
+    :func:`~continuous_training.ops.stack.env.airflow_config`.
+
+    Args:
+        settings: the stack settings.
+
+    Returns:
+        ``AIRFLOW__API__SECRET_KEY``, ``AIRFLOW__API_AUTH__JWT_SECRET`` and ``AIRFLOW__CORE__FERNET_KEY``.
+
+    Raises:
+        StackError: a secrets file is unreadable.
+    """
+    keys = stack_secrets(settings)
+    airflow_password(settings)  # creates the password file the auth manager reads
+    return {
+        "AIRFLOW__API__SECRET_KEY": keys["api_secret_key"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
+        "AIRFLOW__CORE__FERNET_KEY": keys["fernet_key"],
+    }

@@ -1,0 +1,253 @@
+"""The model an endpoint worker serves: the ``champion`` alias, polled and swapped without a failed request."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from continuous_training.config import DatasetContract
+from continuous_training.lineage import CHAMPION
+from continuous_training.modelstore import load_model_version
+from continuous_training.serving.request import sample_frame
+from continuous_training.serving.scorer import Scorer, compile_scorer
+
+log = logging.getLogger(__name__)
+
+# How long startup waits for the first alias lookup before serving 503s; MLflow's client retries
+# an unreachable server for minutes, and a worker must come up (and report no_model) regardless.
+STARTUP_WAIT_SECONDS = 30.0
+
+
+# A version that failed to load is retried after this long (or at once on /reload), not every poll.
+FAILED_LOAD_RETRY_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded model version; replaced as a whole, so a request sees one consistent version."""
+
+    name: str
+    version: str
+    model: Any
+    loaded_at: datetime
+    scorer: Scorer
+    scorer_kind: str
+
+
+def _is_missing_alias(exc: Exception) -> bool:
+    from mlflow.exceptions import RestException
+
+    if not isinstance(exc, RestException):
+        return False
+    # An unknown model is RESOURCE_DOES_NOT_EXIST; a known model without the alias is
+    # INVALID_PARAMETER_VALUE "...alias champion not found" (measured on mlflow 3.17.2).
+    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+        exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)
+    )
+
+
+class ModelHolder:
+    """Keeps the ``champion`` version loaded and swaps it when the alias moves.
+
+    A daemon thread resolves the alias every ``poll_seconds``. A new version is loaded and warmed up
+    in that thread, then published with one reference assignment: requests already running finish
+    on the model they started with, and none waits for or fails because of a swap. A version that
+    fails to load (or to score a sample row) is logged, reported in ``last_error``, and the previous
+    model keeps serving.
+
+    Args:
+        tracking_uri: the MLflow tracking/registry server.
+        model_name: the registered model whose ``champion`` alias is served.
+        contract: the dataset contract (for the warm-up row).
+        poll_seconds: alias polling period.
+        loader: ``(name, version) -> estimator``; default
+            :func:`continuous_training.modelstore.load_model_version`.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        model_name: str,
+        contract: DatasetContract,
+        poll_seconds: float = 2.0,
+        loader: Callable[[str, str], Any] | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.contract = contract
+        self.poll_seconds = poll_seconds
+        self._loader = loader or load_model_version
+        self._current: ServedModel | None = None
+        self._check_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._first_check = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: Any = None
+        self._registry_error: str | None = None
+        self._failed: tuple[str, float, str] | None = None  # (version, monotonic time, message)
+        self._alias_state: str | None = None  # last logged alias state, to log changes only
+
+    @property
+    def current(self) -> ServedModel | None:
+        """The model serving now (None before the first successful load)."""
+        return self._current
+
+    @property
+    def last_error(self) -> str | None:
+        """The latest registry or load failure not yet resolved."""
+        if self._registry_error:
+            return self._registry_error
+        return self._failed[2] if self._failed else None
+
+    def _resolve_alias(self) -> str | None:
+        from mlflow import MlflowClient
+
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        try:
+            return str(self._client.get_model_version_by_alias(self.model_name, CHAMPION).version)
+        except Exception as exc:
+            if _is_missing_alias(exc):
+                return None
+            raise
+
+    def _note_alias(self, state: str, message: str, *args: Any) -> None:
+        if state != self._alias_state:
+            self._alias_state = state
+            log.info(message, *args)
+
+    def check(self, force: bool = False) -> ServedModel | None:
+        """Resolve the alias now and load its version if it is not the one serving.
+
+        Never raises: failures are logged and reported by :attr:`last_error`.
+
+        Args:
+            force: retry a version that failed to load without waiting for the retry delay.
+
+        Returns:
+            The model serving after the check.
+        """
+        with self._check_lock:
+            try:
+                version = self._resolve_alias()
+            except Exception as exc:
+                message = f"registry {self.tracking_uri} unreachable or failing: {exc}"
+                if self._registry_error is None:
+                    log.warning("%s (keeps polling)", message)
+                self._registry_error = message
+                return self._current
+            if self._registry_error is not None:
+                log.info("Registry %s answers again", self.tracking_uri)
+                self._registry_error = None
+            current = self._current
+            if version is None:
+                if current is None:
+                    self._note_alias(
+                        "none",
+                        "Model %r has no %r alias yet: /predict answers 503",
+                        self.model_name,
+                        CHAMPION,
+                    )
+                else:
+                    # The endpoint serves the champion and nothing else: a removed alias (e.g. a first
+                    # deploy rolled back) must not leave the rejected version answering.
+                    self._note_alias(
+                        "gone",
+                        "Alias %r of %r was removed; stopped serving version %s: /predict answers 503",
+                        CHAMPION,
+                        self.model_name,
+                        current.version,
+                    )
+                    self._current = None
+                return None
+            self._note_alias(
+                f"v{version}", "Alias %r of %r points at version %s", CHAMPION, self.model_name, version
+            )
+            if current is not None and current.version == version:
+                return current
+            if (
+                self._failed is not None
+                and self._failed[0] == version
+                and not force
+                and time.monotonic() - self._failed[1] < FAILED_LOAD_RETRY_SECONDS
+            ):
+                return current
+            self._load(version)
+            return self._current
+
+    def _load(self, version: str) -> None:
+        started = time.monotonic()
+        try:
+            model = self._loader(self.model_name, version)
+            scores = np.asarray(model.predict_proba(sample_frame(self.contract)))
+            if scores.ndim != 2 or scores.shape[0] != 1 or scores.shape[1] < 2:
+                raise ValueError(f"predict_proba on one row returned shape {scores.shape}; expected (1, 2)")
+        except Exception as exc:
+            message = f"loading {self.model_name} version {version} failed: {type(exc).__name__}: {exc}"
+            self._failed = (version, time.monotonic(), message)
+            serving = self._current.version if self._current else None
+            log.exception("%s; still serving version %s", message, serving)
+            return
+        scorer, kind = compile_scorer(model, self.contract)
+        previous = self._current
+        self._current = ServedModel(self.model_name, version, model, datetime.now(UTC), scorer, kind)
+        self._failed = None
+        log.info(
+            "Serving %s version %s (was %s, scorer %s), loaded in %.1f s",
+            self.model_name,
+            version,
+            previous.version if previous else None,
+            kind,
+            time.monotonic() - started,
+        )
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.check()
+            except Exception:  # check() does not raise; this guards the thread against surprises
+                log.exception("Alias poll failed")
+            finally:
+                self._first_check.set()
+            if self._stop.wait(self.poll_seconds):
+                return
+
+    def start(self) -> None:
+        """Start polling (the first check runs at once, in the polling thread)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="champion-poller", daemon=True)
+        self._thread.start()
+
+    def wait_first_check(self, timeout: float) -> bool:
+        """Wait until the first alias check finished; True if it did within ``timeout`` seconds."""
+        return self._first_check.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop polling (a registry call in flight is abandoned: the thread is a daemon)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def health(self) -> dict[str, Any]:
+        """The ``/health`` body."""
+        served = self._current
+        return {
+            "status": "ok" if served is not None else "no_model",
+            "model_name": self.model_name,
+            "model_version": served.version if served else None,
+            "pid": os.getpid(),
+            "loaded_at": served.loaded_at.isoformat() if served else None,
+            "scorer": served.scorer_kind if served else None,
+            "last_error": self.last_error,
+        }
