@@ -13,7 +13,7 @@ from continuous_training.ops.simulate import DRIFT_COLUMNS, SimulatorConfig, gen
 
 SEED = 20261125
 #: The code the generated data depends on (the bench's cache is keyed by it).
-SIMULATOR = Path(__file__).resolve().parents[1] / "include" / "continuous_training" / "simulate.py"
+SIMULATOR = Path(__file__).resolve().parents[1] / "include" / "continuous_training" / "ops" / "simulate.py"
 #: A Wednesday (weekday factor 1.0), so ``rows_per_day`` is the expected volume.
 DAY = date(2026, 11, 4)
 

@@ -60,7 +60,7 @@ QUICK_CALLS = 60
 #: Slow enough for the anchor's worst requests: wrk counts a reply later than this as a timeout error.
 WRK_TIMEOUT = "10s"
 LUA = REPO / "bench" / "wrk" / "post_json.lua"
-#: ``mlflow models serve`` took 20-58 s to answer on this machine (MLFLOW-SERVING-NOTES.md).
+#: ``mlflow models serve`` took 20-58 s to answer on a 2-core machine (measured).
 MLFLOW_SERVE_TIMEOUT_S = 240.0
 ENDPOINT_TIMEOUT_S = 120.0
 #: Largest |our score - MLflow's score| accepted as "identical predictions".

@@ -48,7 +48,8 @@ def run(ctx: BenchContext) -> list[Figure]:
     cached = ctx.cache(
         "validation",
         SIMULATOR,
-        package / "ingest.py",
+        package / "data" / "ingest.py",
+        package / "lake.py",
         package / "frames.py",
         Path(__file__).with_name("validation_worker.py"),
     )

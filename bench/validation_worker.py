@@ -97,9 +97,8 @@ def ours(lake_root: Path) -> dict[str, Any]:
     lake = Lake(lake_root)
     outcome = validate_partition(lake, DAY)
     clock.lap("validate_partition")
-    # steps.validate_partition: the full outcome is the validation record in the lake.
-    record = lake.root / "validation" / f"dt={DAY}" / f"{outcome['sha256'][:12]}.json"
-    write_json_atomic(record, outcome)
+    # data.validate.validate_day: the full outcome is the validation record in the lake.
+    write_json_atomic(lake.validation_record(DAY, outcome["sha256"]), outcome)
     clock.lap("write record")
     kept = quarantine_partition(lake, DAY, outcome)
     clock.lap("quarantine")

@@ -27,7 +27,7 @@ START = date(2026, 3, 1)
 
 
 def publish_fixture_day(lake: Lake, day: str, rows: int = 40, seed: int = 1) -> dict:
-    """A validated partition with the layout validate.publish_validated writes (data + manifest)."""
+    """A validated partition with the layout data.partitions.publish_validated writes (data + manifest)."""
     df = generate_day(day, SimulatorConfig(seed=seed, rows_per_day=rows))
     folder = lake.validated(day)
     sha = write_parquet_bytes_stable(df, folder / DATA_FILE)

@@ -116,7 +116,7 @@ def test_ledger_is_idempotent_per_monitor_run(tmp_path: Path) -> None:
     record_retrain_trigger(
         lake, "scheduled__2026-03-01T06:00:00+00:00", first + timedelta(hours=1), _drift(["region"])
     )
-    ledger = lake.root / "monitoring" / "retrain_triggers.json"
+    ledger = lake.retrain_ledger()
     entries = json.loads(ledger.read_text())
     assert len(entries) == 1
     assert entries[0]["drifted_columns"] == ["age"]
