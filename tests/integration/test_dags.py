@@ -1,7 +1,11 @@
 """Each DAG run with ``dag.test()`` against a real MLflow server, the real endpoint and the SMTP sink.
 
-The tests run in file order and share one lake, registry and mailbox: together they are one pass of the
-loop (ingest -> quarantine -> train -> no second version -> gate -> monitor -> retrain trigger).
+Together they are one pass of the loop (ingest -> quarantine -> train -> no second version -> gate ->
+monitor -> retrain trigger) and share one lake, registry and mailbox, but they pass in any order: what a
+test needs from an earlier step of the loop it requests from a module fixture that takes that step once,
+whichever test asks first (``first_day_ingested`` -> ``good_days_ingested`` -> ``first_champion``), and
+returns what happened. A test that changes what another one asserts on works on its own input: the
+clearing test publishes its new day in a copy of the lake, the task-failure test breaks a day of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ START = date(2026, 10, 1)
 DAYS = [START + timedelta(days=i) for i in range(8)]
 BAD_DAY = DAYS[2]
 DRIFT_DAY = DAYS[7]
+#: A day no other test ingests: the task-failure test lands a broken file there.
+BROKEN_DAY = DAYS[-1] + timedelta(days=1)
 SIM = SimulatorConfig(
     seed=7, rows_per_day=2500, drift_from=DRIFT_DAY, bad_days={BAD_DAY.isoformat(): "missing_column"}
 )
@@ -50,7 +56,17 @@ def loop(mlflow_server, smtp_sink, airflow_db, endpoint):
 
 
 def run_dag(loop, dag_id: str, conf: dict) -> tuple[str, dict[str, str]]:
-    dag_run = loop["dags"][dag_id].test(run_conf=conf)
+    """Run a DAG with ``dag.test()``, on the DAG freshly parsed from its file.
+
+    In ``dag.test()`` the tasks resolve the run's conf into the tasks' own ``Param`` objects (shared by
+    ``copy.deepcopy`` too), so a value given to one run (``force``) would stay the default of every later
+    run of the same DAG object. A new parse per run (milliseconds) gives each run only its own conf and
+    the DAG file's defaults, whatever ran before.
+    """
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=loop["dags"][dag_id].fileloc).dags[dag_id]
+    dag_run = dag.test(run_conf=conf)
     states = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dag_run.get_task_instances()}
     return str(getattr(dag_run.state, "value", dag_run.state)), states | {"__run_id__": dag_run.run_id}
 
@@ -88,24 +104,52 @@ def versions():
         return []
 
 
-def test_ingest_publishes_a_good_day_and_rerun_is_identical(loop):
+def _read_manifest(loop, day) -> dict:
+    return yaml.safe_load((loop["lake"].validated(day) / "_manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def first_day_ingested(loop):
+    """The loop's first step: ``DAYS[0]`` landed and ingested by the DAG, then ingested again.
+
+    Returns the runs' states, the first run's tasks, both manifests, and the names in ``validated/`` right after the re-run.
+    This is the only ingestion of ``DAYS[0]`` and every fixture that publishes another day depends on
+    it, so that listing is the one of a lake where only this day was published, whatever the order.
+    """
     day = DAYS[0]
     land_day(loop["lake"], day, SIM)
     state, tasks = run_dag(loop, "ingest", {"day": day.isoformat()})
+    manifest = _read_manifest(loop, day)
+    rerun_state, _ = run_dag(loop, "ingest", {"day": day.isoformat()})
+    return {
+        "day": day,
+        "state": state,
+        "tasks": tasks,
+        "manifest": manifest,
+        "rerun_state": rerun_state,
+        "rerun_manifest": _read_manifest(loop, day),
+        "validated_after_rerun": [p.name for p in loop["lake"].validated(day).parent.iterdir()],
+    }
+
+
+def test_ingest_publishes_a_good_day_and_rerun_is_identical(first_day_ingested):
+    ingested = first_day_ingested
+    day = ingested["day"]
+    state, tasks = ingested["state"], ingested["tasks"]
     assert state == "success"
     assert tasks["publish"] == "success"
     assert tasks["quarantine"] == "skipped"
-    manifest = yaml.safe_load((loop["lake"].validated(day) / "_manifest.json").read_text())
+    manifest = ingested["manifest"]
     assert manifest["rows"] > 0
 
-    state, _ = run_dag(loop, "ingest", {"day": day.isoformat()})
+    state = ingested["rerun_state"]
     assert state == "success"
-    again = yaml.safe_load((loop["lake"].validated(day) / "_manifest.json").read_text())
+    again = ingested["rerun_manifest"]
     assert again["sha256"] == manifest["sha256"]
-    assert [p.name for p in loop["lake"].validated(day).parent.iterdir()] == [f"dt={day}"]
+    assert ingested["validated_after_rerun"] == [f"dt={day}"]
 
 
-def test_published_day_emits_the_asset_event(loop):
+def test_published_day_emits_the_asset_event(loop, first_day_ingested):
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -148,21 +192,42 @@ def _landed_columns(loop, day) -> list[str]:
     return csv.read_text().splitlines()[0].split(",")
 
 
-def _ingest_directly(loop, day) -> None:
-    """The ingest steps without the scheduler (the same functions the tasks call), to build history fast."""
+def _ingest_directly(lake: Lake, day) -> None:
+    """The ingest steps without the scheduler (the same functions the tasks call), to build history fast.
+
+    ``lake`` must be the lake of the settings (``CT_LAKE``), where the steps work.
+    """
     from continuous_training.adapter import steps
 
-    land_day(loop["lake"], day, SIM)
+    land_day(lake, day, SIM)
     validation = steps.validate_partition(steps.stage_partition(day.isoformat()))
     assert validation["success"], validation["failed"]
     steps.publish_partition(validation)
 
 
-def test_train_deploys_the_first_champion(loop):
-    for day in DAYS[1:7]:
-        if day != BAD_DAY:
-            _ingest_directly(loop, day)
+@pytest.fixture(scope="module")
+def good_days_ingested(loop, first_day_ingested):
+    """The history the first champion learns from: the good days after ``DAYS[0]`` up to ``DAYS[6]``.
+
+    Published after ``DAYS[0]`` (``first_day_ingested``, whose ``validated/`` listing must see that day
+    alone), and with it they are the champion's training set. ``DRIFT_DAY`` (``DAYS[7]``) is never
+    published in the shared lake, so that this training set stays the current one for every test.
+    """
+    days = [day for day in DAYS[1:7] if day != BAD_DAY]
+    for day in days:
+        _ingest_directly(loop["lake"], day)
+    return days
+
+
+@pytest.fixture(scope="module")
+def first_champion(loop, good_days_ingested):
+    """The first train DAG run, on that history (it deploys the first model version): its state and tasks."""
     state, tasks = run_dag(loop, "train", {"reason": "integration test"})
+    return {"state": state, "tasks": tasks}
+
+
+def test_train_deploys_the_first_champion(loop, first_champion):
+    state, tasks = first_champion["state"], first_champion["tasks"]
     assert state == "success", tasks
     assert tasks["deploy"] == "success"
     assert tasks["notify_gate_blocked"] == "skipped"
@@ -181,7 +246,7 @@ def test_train_deploys_the_first_champion(loop):
     assert health["model_version"] == version.version
 
 
-def test_rerunning_train_creates_no_second_version(loop):
+def test_rerunning_train_creates_no_second_version(loop, first_champion):
     from continuous_training.adapter import steps
 
     state, tasks = run_dag(loop, "train", {"reason": "integration test"})
@@ -194,14 +259,24 @@ def test_rerunning_train_creates_no_second_version(loop):
     assert len(versions()) == 1
 
 
-def test_clearing_a_train_run_after_new_data_retrains_nothing(loop):
-    """Clearing the first train run's tasks, after another day was published, gives the same run and version."""
+def test_clearing_a_train_run_after_new_data_retrains_nothing(loop, first_champion, tmp_path, monkeypatch):
+    """Clearing the first train run's tasks, after another day was published, gives the same run and version.
+
+    The new day is published in this test's own copy of the lake (the prediction log, which the endpoint
+    keeps writing, left out), so that the shared lake keeps the champion's training set as the current
+    one for the other tests.
+    """
     from continuous_training.adapter import steps
 
     (version,) = versions()
     run_id = version.tags["ct.dag_run_id"]
     first = steps.build_training_set(None, run_id)
-    _ingest_directly(loop, DAYS[7])
+    own = Lake(tmp_path / "lake")
+    shutil.copytree(loop["lake"].root, own.root, ignore=shutil.ignore_patterns("predictions"))
+    monkeypatch.setenv("CT_LAKE", str(own.root))
+    assert Lake.from_settings() == own
+    _ingest_directly(own, DAYS[7])
+    assert not loop["lake"].validated(DAYS[7]).exists(), "the shared lake did not get the new day"
     assert steps.build_training_set(None, "a new run")["sha256"] != first["sha256"]
 
     snapshot = steps.build_training_set(None, run_id)  # build_training_set cleared
@@ -215,7 +290,7 @@ def test_clearing_a_train_run_after_new_data_retrains_nothing(loop):
     assert len(versions()) == 1
 
 
-def test_gate_blocks_a_challenger_below_the_floor_and_mails(loop, tmp_path, monkeypatch):
+def test_gate_blocks_a_challenger_below_the_floor_and_mails(loop, first_champion, tmp_path, monkeypatch):
     config = tmp_path / "config"
     shutil.copytree(REPO / "include" / "config", config)
     policy = yaml.safe_load((config / "policy.yaml").read_text())
@@ -239,7 +314,7 @@ def test_gate_blocks_a_challenger_below_the_floor_and_mails(loop, tmp_path, monk
     assert client().get_run(link.group(2)).info.experiment_id == link.group(1)
 
 
-def test_monitor_finds_drift_mails_and_triggers_train(loop):
+def test_monitor_finds_drift_mails_and_triggers_train(loop, first_champion):
     window_start = datetime.now(UTC).isoformat()
     sent = send_traffic(loop["endpoint"], client_requests(DRIFT_DAY, SIM))
     assert sent["failed_requests"] == 0
@@ -272,7 +347,12 @@ def test_monitor_finds_drift_mails_and_triggers_train(loop):
 
 
 def test_task_failure_mails_on_call_with_the_error(loop):
-    day = DAYS[7]
+    """A file that is not CSV, landed next to the day's good export, fails the stage and mails on-call.
+
+    The day is one of its own (no other test ingests it), so the broken file breaks nobody else's day.
+    """
+    day = BROKEN_DAY
+    land_day(loop["lake"], day, SIM)
     folder = loop["lake"].landing(day)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "applications-broken.csv").write_bytes(b'"unterminated,quote\n\x00\x01')
