@@ -124,6 +124,29 @@ class AlertPolicy:
     from_email: str = "continuous-training@localhost"
 
 
+#: What the endpoint does with a value outside its column's declared range or category list.
+OUT_OF_RANGE_ACTIONS = ("reject", "score")
+
+
+@dataclass(frozen=True)
+class ServingPolicy:
+    """Limits and checks of the prediction endpoint (``policy.yaml``, ``serving:``).
+
+    Attributes:
+        max_body_bytes: largest ``/predict`` body accepted (413 beyond it, checked before it is read).
+        max_rows: most rows in one request (413 beyond it).
+        out_of_range: ``reject`` answers 422 for a value outside the contract's ``min``/``max`` or an
+            unseen category; ``score`` scores the row and flags it in the prediction log.
+        require_token: ``/predict`` needs ``Authorization: Bearer <token>`` (the token file under the
+            secrets folder); off in the embedded stack, which listens on loopback only.
+    """
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_rows: int = 10_000
+    out_of_range: str = "score"
+    require_token: bool = False
+
+
 @dataclass(frozen=True)
 class Policy:
     model: ModelPolicy
@@ -131,6 +154,7 @@ class Policy:
     gate: GatePolicy
     drift: DriftPolicy
     alerts: AlertPolicy
+    serving: ServingPolicy = field(default_factory=ServingPolicy)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -158,6 +182,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         expected = type(getattr(defaults, name))
+        if expected is bool and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{name}: expected true or false, got {value!r}")
         if expected in (int, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
         if expected is str and not isinstance(value, str):
@@ -234,6 +260,7 @@ def load_policy(config_dir: Path | None = None) -> Policy:
         "gate": GatePolicy,
         "drift": DriftPolicy,
         "alerts": AlertPolicy,
+        "serving": ServingPolicy,
     }
     unknown = sorted(set(data) - set(sections))
     if unknown:
@@ -243,4 +270,15 @@ def load_policy(config_dir: Path | None = None) -> Policy:
         built["model"] = ModelPolicy(name=settings.model_name, params=built["model"].params)
     if settings.alert_to:
         built["alerts"] = AlertPolicy(on_call=settings.alert_to, from_email=built["alerts"].from_email)
+    serving = built["serving"]
+    if serving.out_of_range not in OUT_OF_RANGE_ACTIONS:
+        raise ConfigError(
+            f"{path}: serving.out_of_range: expected one of {list(OUT_OF_RANGE_ACTIONS)}, "
+            f"got {serving.out_of_range!r}"
+        )
+    for name in ("max_body_bytes", "max_rows"):
+        if not isinstance(getattr(serving, name), int) or getattr(serving, name) < 1:
+            raise ConfigError(
+                f"{path}: serving.{name}: expected a positive integer, got {getattr(serving, name)!r}"
+            )
     return Policy(**built)

@@ -86,6 +86,10 @@ class Settings:
         model_name: overrides ``model.name`` of ``policy.yaml`` (``CT_MODEL_NAME``).
         alert_to: overrides ``alerts.on_call`` of ``policy.yaml`` (``CT_ALERT_TO``, comma-separated).
         git_commit: the code version recorded on models (``CT_GIT_COMMIT``); default ``git rev-parse``.
+        smtp_host: the SMTP server the endpoint mails security alerts through (``CT_SMTP_HOST``,
+            default ``host``; Airflow's tasks use the ``smtp_conn_id`` connection).
+        secrets_root: folder of the generated credentials (``CT_SECRETS_DIR``), default
+            ``<home>/secrets``; see :attr:`secrets_dir`.
     """
 
     home: Path
@@ -108,7 +112,19 @@ class Settings:
     model_name: str | None = None
     alert_to: tuple[str, ...] | None = None
     git_commit: str | None = None
+    smtp_host: str | None = None
+    secrets_root: Path | None = None
     repo_root: Path = field(default=REPO_ROOT)
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Where the credentials live (mode 0700, each file 0600): ``CT_SECRETS_DIR`` or ``<home>/secrets``."""
+        return self.secrets_root or self.home / "secrets"
+
+    @property
+    def smtp_server(self) -> str:
+        """The SMTP host the endpoint mails through (``CT_SMTP_HOST``, default the loopback ``host``)."""
+        return self.smtp_host or self.host
 
     @property
     def mail_dir(self) -> Path:
@@ -187,4 +203,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         model_name=env.optional("CT_MODEL_NAME"),
         alert_to=env.names("CT_ALERT_TO"),
         git_commit=env.optional("CT_GIT_COMMIT"),
+        smtp_host=env.optional("CT_SMTP_HOST"),
+        secrets_root=Path(secrets).expanduser().resolve()
+        if (secrets := env.optional("CT_SECRETS_DIR"))
+        else None,
     )

@@ -380,10 +380,23 @@ def _write_policy(tmp_path: Path, text: str) -> Path:
 POLICY_ERROR_CASES = [
     pytest.param(
         "alert: {on_call: [a@example.com]}\n",
-        ": unknown section(s) ['alert']; expected ['alerts', 'drift', 'gate', 'model', 'training']",
+        ": unknown section(s) ['alert']; expected ['alerts', 'drift', 'gate', 'model', 'serving', 'training']",
         id="unknown-section",
     ),
     pytest.param("training: 5\n", ": training: expected a mapping, got int", id="section-int"),
+    pytest.param(
+        "serving: {out_of_range: clip}\n",
+        ": serving.out_of_range: expected one of ['reject', 'score'], got 'clip'",
+        id="serving-action",
+    ),
+    pytest.param(
+        "serving: {max_rows: 0}\n", ": serving.max_rows: expected a positive integer, got 0", id="serving-rows"
+    ),
+    pytest.param(
+        "serving: {require_token: 'yes'}\n",
+        ": serving.require_token: expected true or false, got 'yes'",
+        id="bool-given-string",
+    ),
     pytest.param("gate: [roc_auc]\n", ": gate: expected a mapping, got list", id="section-list"),
     pytest.param("model: loan_default\n", ": model: expected a mapping, got str", id="section-str"),
     pytest.param(

@@ -6,69 +6,22 @@ atomically, so two concurrent first runs agree on one value.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from continuous_training.credentials import CredentialError, private_json
 from continuous_training.ops.stack.errors import StackError
 from continuous_training.settings import Settings
 
 ADMIN_USER = "admin"
 
 
-def _read_json_object(path: Path, expected: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise StackError(f"{path}: cannot read it as JSON ({exc}); expected {expected}") from exc
-    if not isinstance(data, dict):
-        raise StackError(f"{path}: expected {expected}, found {type(data).__name__}")
-    return data
-
-
-def _write_private_json(path: Path, data: dict[str, Any], *, replace: bool) -> bool:
-    """Write ``data`` with mode 0600 atomically; without ``replace``, only if ``path`` is absent.
-
-    Returns:
-        True if this call wrote the file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        if replace:
-            os.replace(tmp, path)
-            return True
-        try:
-            # link() fails if the name exists, so two concurrent first runs agree on one secret.
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def _private_json(path: Path, makers: dict[str, Callable[[], str]], expected: str) -> dict[str, str]:
-    """Load a 0600 JSON file of secrets, generating (once) any entry that is missing."""
-    if not path.exists():
-        _write_private_json(path, {key: make() for key, make in makers.items()}, replace=False)
-    data = _read_json_object(path, expected)
-    missing = [key for key in makers if not isinstance(data.get(key), str) or not data[key]]
-    if missing:
-        data.update({key: makers[key]() for key in missing})
-        _write_private_json(path, data, replace=True)
-    if path.stat().st_mode & 0o077:
-        # Someone loosened it; these are credentials.
-        os.chmod(path, 0o600)
-    return data
+    try:
+        return private_json(path, makers, expected)
+    except CredentialError as exc:
+        raise StackError(str(exc)) from exc
 
 
 def _fernet_key() -> str:
