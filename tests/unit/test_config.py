@@ -390,7 +390,9 @@ POLICY_ERROR_CASES = [
         id="serving-action",
     ),
     pytest.param(
-        "serving: {max_rows: 0}\n", ": serving.max_rows: expected a positive integer, got 0", id="serving-rows"
+        "serving: {max_rows: 0}\n",
+        ": serving.max_rows: expected a positive integer, got 0",
+        id="serving-rows",
     ),
     pytest.param(
         "serving: {require_token: 'yes'}\n",

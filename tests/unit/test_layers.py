@@ -17,7 +17,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "include" / "continuous_training"
-GROUND = {"settings", "credentials", "config", "frames", "features", "lake", "lineage", "modelstore", "predlog"}
+GROUND = {
+    "settings",
+    "credentials",
+    "config",
+    "frames",
+    "features",
+    "lake",
+    "lineage",
+    "modelstore",
+    "predlog",
+}
 ROOMS = ("data", "model", "serving", "monitoring", "alerts", "adapter", "ops")
 #: Which rooms each room may import (besides itself). The ground floor imports only the ground floor.
 ALLOWED = {
