@@ -86,13 +86,20 @@ def test_airflow_env_points_at_the_state_dir_with_absolute_sqlite_path(settings:
     assert all(isinstance(v, str) for v in env.values())
 
 
-_SECRET_KEYS = {"AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY"}
+_SECRET_KEYS = {
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW__CORE__FERNET_KEY",
+    "AIRFLOW__API__SECRET_KEY",
+    # The tasks' MLflow account.
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+}
 
 
 def test_airflow_config_is_pure_and_airflow_env_adds_only_secrets_and_smtp(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from continuous_training import config
+    from continuous_training import config, credentials
     from continuous_training.ops.stack import secrets
 
     assert not settings.home.exists()
@@ -104,6 +111,7 @@ def test_airflow_config_is_pure_and_airflow_env_adds_only_secrets_and_smtp(
     # Neither the policy nor a secrets file may be consulted, let alone a secret generated.
     monkeypatch.setattr(config, "load_policy", no_io)
     monkeypatch.setattr(secrets, "_private_json", no_io)
+    monkeypatch.setattr(credentials, "private_json", no_io)
     first = airflow_config(settings)
     second = airflow_config(settings)
     monkeypatch.undo()

@@ -20,6 +20,7 @@ from continuous_training.ops.stack.health import (
     _warm_execution_api,
     airflow_health,
 )
+from continuous_training.ops.stack.mlflow_auth import provision
 from continuous_training.ops.stack.parts import (
     _NEEDS,
     _STOP_WAVES,
@@ -45,6 +46,7 @@ from continuous_training.ops.stack.process import (
     pid_file,
     port_in_use,
 )
+from continuous_training.ops.stack.secrets import check_stack_secrets
 from continuous_training.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,14 @@ def _migrate_airflow_db(settings: Settings, env: dict[str, str]) -> None:
     log.info("airflow: metadata DB migrated in %.1f s", time.monotonic() - started)
 
 
+def _on_healthy(settings: Settings, part: str) -> None:
+    """What follows a part's first healthy answer: MLflow's accounts, the execution API's warm-up."""
+    if part == "mlflow":
+        provision(settings)
+    elif part == "airflow-api-server":
+        _warm_execution_api(settings)
+
+
 def stack_up(settings: Settings | None = None, parts: Iterable[str] | None = None) -> None:
     """Start the embedded stack (or the selected parts) and wait until every part is healthy.
 
@@ -128,10 +138,12 @@ def stack_up(settings: Settings | None = None, parts: Iterable[str] | None = Non
 
     Raises:
         StackError: naming the part and the reason (port taken by another process, process exited
-            with its code, or not healthy in time) with the tail of its log.
+            with its code, or not healthy in time) with the tail of its log; or a secret is empty, too
+            short or a well-known default (nothing is started then).
     """
     settings = settings or load_settings()
     selected = resolve_parts(parts)
+    check_stack_secrets(settings)
     started_at = time.monotonic()
     # The mail folder is the sink's to create: a failure there shows in its own log.
     for path in (
@@ -162,8 +174,7 @@ def stack_up(settings: Settings | None = None, parts: Iterable[str] | None = Non
                 if need in pids:
                     _wait_healthy(settings, [need], pids, deadlines)
                     healthy.add(need)
-                    if need == "airflow-api-server":
-                        _warm_execution_api(settings)
+                    _on_healthy(settings, need)
                 elif need in AIRFLOW_PARTS:
                     raise StackError(
                         f"stack part {part!r} needs {need!r} running; start it too "
@@ -187,9 +198,10 @@ def stack_up(settings: Settings | None = None, parts: Iterable[str] | None = Non
                 pid = _launch(settings, spec)
             pids[part] = pid
             deadlines[part] = time.monotonic() + START_TIMEOUT_S[part]
-        _wait_healthy(settings, [p for p in selected if p not in healthy], pids, deadlines)
-        if "airflow-api-server" in selected and "airflow-api-server" not in healthy:
-            _warm_execution_api(settings)
+        rest = [p for p in selected if p not in healthy]
+        _wait_healthy(settings, rest, pids, deadlines)
+        for part in rest:
+            _on_healthy(settings, part)
     log.info("stack up: %s healthy in %.1f s", ", ".join(selected), time.monotonic() - started_at)
 
 

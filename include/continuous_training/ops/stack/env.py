@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from continuous_training.credentials import MLFLOW_PIPELINE, mlflow_client_env
 from continuous_training.ops.stack.secrets import ADMIN_USER, passwords_file, secret_env
 from continuous_training.settings import Settings
 
@@ -64,6 +65,9 @@ def service_env(settings: Settings) -> dict[str, str]:
         "CT_SMTP_CONN_ID": settings.smtp_conn_id,
         "CT_ENDPOINT_WORKERS": str(settings.endpoint_workers),
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        # No process of the stack unpickles a model: loading reads skops files with an explicit list of
+        # trusted types (continuous_training.modelstore).
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
     }
 
 
@@ -119,6 +123,9 @@ def airflow_config(settings: Settings) -> dict[str, str]:
         # LocalExecutor pre-forks this many workers; 32 (the default) is too many for 2 cores.
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # Error responses of the API server carry no stack trace, and /config shows nothing.
+        "AIRFLOW__API__EXPOSE_STACKTRACE": "False",
+        "AIRFLOW__API__EXPOSE_CONFIG": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__API__HOST": settings.host,
         "AIRFLOW__API__PORT": str(settings.airflow_port),
@@ -159,6 +166,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     return {
         **airflow_config(settings),
         **secret,
+        # The tasks talk to MLflow as the pipeline's account.
+        **mlflow_client_env(settings, MLFLOW_PIPELINE),
         f"AIRFLOW_CONN_{settings.smtp_conn_id.upper()}": json.dumps(smtp_connection(settings)),
     }
 

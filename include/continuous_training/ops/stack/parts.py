@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from continuous_training.credentials import MLFLOW_ENDPOINT, mlflow_client_env
 from continuous_training.ops.stack.env import (
     _local_url,
     _process_env,
@@ -14,6 +15,7 @@ from continuous_training.ops.stack.env import (
     service_env,
 )
 from continuous_training.ops.stack.errors import StackError
+from continuous_training.ops.stack.mlflow_auth import server_args, server_env
 from continuous_training.settings import Settings
 
 PARTS = (
@@ -94,15 +96,26 @@ def _part_spec(settings: Settings, name: str, env_cache: dict[str, dict[str, str
             elif kind == "endpoint":
                 # One OpenMP thread per worker: the default spin-waits collapsed throughput (measured).
                 # Few client retries: a registry outage must not stall the alias poller for minutes.
+                # The endpoint reads the registry as the read-only account.
                 env_cache[kind] = _process_env(
                     settings,
-                    {**service_env(settings), "OMP_NUM_THREADS": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"},
+                    {
+                        **service_env(settings),
+                        **mlflow_client_env(settings, MLFLOW_ENDPOINT),
+                        "OMP_NUM_THREADS": "1",
+                        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                    },
                 )
             elif kind == "mlflow":
                 # Job execution serves GenAI scorers and trace archival, which this project does not
                 # use; it costs 6 more processes (huey consumers, ~170 MB RSS each) on a 2-core machine.
                 env_cache[kind] = _process_env(
-                    settings, {**service_env(settings), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+                    settings,
+                    {
+                        **service_env(settings),
+                        **server_env(settings),
+                        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                    },
                 )
             else:
                 env_cache[kind] = _process_env(settings, service_env(settings))
@@ -137,6 +150,7 @@ def _part_spec(settings: Settings, name: str, env_cache: dict[str, dict[str, str
             "--serve-artifacts",
             "--workers",
             "1",
+            *server_args(settings),
         ]
         return _Part(name, command, env_for("mlflow"), settings.mlflow_port, part_url(settings, name))
     if name == "airflow-api-server":

@@ -10,7 +10,14 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from continuous_training.credentials import CredentialError, private_json
+from continuous_training.credentials import (
+    CredentialError,
+    check_secret,
+    endpoint_tokens,
+    mlflow_credentials,
+    model_signing_key,
+    private_json,
+)
 from continuous_training.ops.stack.errors import StackError
 from continuous_training.settings import Settings
 
@@ -106,3 +113,25 @@ def secret_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
         "AIRFLOW__CORE__FERNET_KEY": keys["fernet_key"],
     }
+
+
+def check_stack_secrets(settings: Settings) -> None:
+    """Generate what is missing, then refuse weak secrets: the stack starts with none.
+
+    Checks Airflow's JWT secret, Fernet key, API secret key and admin password, the MLflow accounts and
+    Flask key, the endpoint's tokens, and creates the model-signing key. A secret is weak if it is
+    empty, shorter than 12 characters or a well-known default (MLflow's ``password1234``, Airflow's
+    ``airflow``, ...); the message names the file and the entry, never the value.
+
+    Raises:
+        StackError: a secrets file is unreadable or holds a weak secret.
+    """
+    try:
+        for name, value in stack_secrets(settings).items():
+            check_secret(f"{settings.airflow_home / 'secrets.json'}: {name}", value)
+        check_secret(f"{passwords_file(settings)}: {ADMIN_USER}", airflow_password(settings))
+        mlflow_credentials(settings)
+        endpoint_tokens(settings)
+        model_signing_key(settings)
+    except CredentialError as exc:
+        raise StackError(f"refusing to start the stack: {exc}") from exc

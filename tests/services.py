@@ -1,0 +1,200 @@
+"""Session fixtures for the real services the tests talk to (the conftest files of the suites that
+need them import these).
+
+Every service listens on loopback on the ports chosen in ``tests/conftest.py`` and writes under the
+session's own CT_HOME, so a demo stack left running is never touched. MLflow runs as the stack runs
+it: the basic-auth app with the project's accounts, and this process talks to it as ``ct-pipeline``
+(``tests/conftest.py`` exported that account's credentials with the stack's environment).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from continuous_training.credentials import MLFLOW_ADMIN, mlflow_credentials
+from continuous_training.settings import load_settings
+
+BIN = Path(sys.executable).parent
+
+
+def wait_http(
+    url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(
+                f"{proc.args[:3]} exited with {proc.returncode} before {url} answered:\n{tail}"
+            )
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def start_process(
+    name: str, args: list[str], health_url: str, timeout: float = 120, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    settings = load_settings()
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    log = settings.log_dir / f"{name}.log"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+    env.update(extra_env or {})
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_http(health_url, timeout, proc, log)
+    except Exception:
+        stop_process(proc)
+        raise
+    return proc
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> Iterator[str]:
+    """A real MLflow tracking server started like the stack's (basic-auth app, accounts provisioned).
+
+    SQLite backend and proxied local artifacts under the session's CT_HOME, on the session's MLflow
+    port. Yields its URL, also exported as ``CT_MLFLOW_TRACKING_URI`` and ``MLFLOW_TRACKING_URI``
+    (child processes started later, such as the endpoint, inherit them).
+    """
+    from continuous_training.ops.stack.mlflow_auth import provision, server_args, server_env
+
+    settings = load_settings()
+    root = settings.mlflow_dir
+    root.mkdir(parents=True, exist_ok=True)
+    url = f"http://{settings.host}:{settings.mlflow_port}"
+    saved = {key: os.environ.get(key) for key in ("CT_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI")}
+    os.environ.update({key: url for key in saved})
+    settings = load_settings()
+    # The server's job runner (huey consumers for GenAI jobs) adds four Python processes that import
+    # mlflow at start-up; this project uses none of those jobs.
+    env = {**server_env(settings), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = start_process(
+        "mlflow",
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.mlflow_port),
+            "--workers",
+            "1",
+            *server_args(settings),
+        ],
+        f"{url}/health",
+        timeout=180,
+        extra_env=env,
+    )
+    try:
+        provision(settings)
+        yield url
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        stop_process(proc)
+
+
+def mlflow_admin() -> httpx.Client:
+    """An HTTP client on the session's MLflow server, authenticated as MLflow's ``admin``."""
+    settings = load_settings()
+    password = mlflow_credentials(settings)[MLFLOW_ADMIN]
+    return httpx.Client(base_url=settings.mlflow_tracking_uri, auth=(MLFLOW_ADMIN, password), timeout=30)
+
+
+def add_mlflow_user(username: str, password: str, grants: dict[tuple[str, str], str] | None = None) -> None:
+    """Create an MLflow account (as admin) and grant it permissions.
+
+    Args:
+        username, password: the new account (MLflow wants 12 characters or more).
+        grants: ``{(resource_type, resource_id): permission}``, e.g.
+            ``{("registered_model", "loan_default"): "EDIT"}``.
+    """
+    with mlflow_admin() as admin:
+        made = admin.post("/api/2.0/mlflow/users/create", json={"username": username, "password": password})
+        assert made.status_code == 200 or "already exists" in made.text, made.text
+        for (resource_type, resource_id), permission in (grants or {}).items():
+            granted = admin.post(
+                "/api/3.0/mlflow/users/permissions/grant",
+                json={
+                    "username": username,
+                    "resource_type": resource_type,
+                    "resource_id": resource_id,
+                    "permission": permission,
+                },
+            )
+            assert granted.status_code == 200 or "already exists" in granted.text, granted.text
+
+
+@pytest.fixture(scope="session")
+def smtp_sink() -> Iterator[Path]:
+    """The project's SMTP sink on the session's SMTP port; yields the folder where mails land."""
+    from continuous_training.ops.mailsink import MailSink
+
+    settings = load_settings()
+    sink = MailSink(settings.mail_dir, host=settings.host, port=settings.smtp_port)
+    sink.start()
+    yield settings.mail_dir
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A migrated Airflow metadata DB (SQLite) under the session's AIRFLOW_HOME."""
+    out = subprocess.run([str(BIN / "airflow"), "db", "migrate"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def endpoint(mlflow_server: str) -> Iterator[str]:
+    """The prediction endpoint (uvicorn, as many workers as the stack runs) serving `champion`."""
+    settings = load_settings()
+    os.environ.setdefault("CT_ENDPOINT_POLL_SECONDS", "1")
+    os.environ.setdefault("CT_ENDPOINT_FLUSH_SECONDS", "1")
+    proc = start_process(
+        "endpoint",
+        [
+            str(BIN / "uvicorn"),
+            "continuous_training.serving.app:create_app",
+            "--factory",
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.endpoint_port),
+            "--workers",
+            str(settings.endpoint_workers),
+        ],
+        f"{settings.endpoint_url}/health",
+    )
+    yield settings.endpoint_url
+    stop_process(proc)
