@@ -23,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 
 from bench.core import RESULTS_DIR, BenchContext, Figure, stack_env
+from continuous_training.ops.stack import pipeline_client_env
+from continuous_training.settings import load_settings
 
 #: In run order: the loop first (it leaves the demo's champion for the serving benchmark).
 BENCHMARKS = ("loop", "serving", "drift", "validation", "dag_parse")
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     # One bench stack for the whole invocation, on its own ports and state dir: never the demo's.
     os.environ.update(stack_env(workdir / "home"))
+    # This process trains and registers as the pipeline does: as its MLflow account.
+    os.environ.update(pipeline_client_env(load_settings()))
     ctx = BenchContext(quick=args.quick, workdir=workdir)
     ctx.log(f"{'quick' if args.quick else 'full'} run of {', '.join(chosen)} in {workdir}")
 

@@ -230,7 +230,9 @@ def positive_scores(answer: bytes, who: str) -> list[float]:
 def start_mlflow_serve(model: dict[str, Any], port: int, log_path: Path) -> subprocess.Popen:
     """``mlflow models serve`` of the champion, as a user would start it, in its own process group."""
     bindir = Path(sys.executable).parent
-    env = child_env(MLFLOW_TRACKING_URI=model["tracking_uri"])
+    # As MLflow ships it: its sklearn loader needs this (our stack sets it false everywhere and reads the
+    # skops file itself).
+    env = child_env(MLFLOW_TRACKING_URI=model["tracking_uri"], MLFLOW_ALLOW_PICKLE_DESERIALIZATION="true")
     env["PATH"] = os.pathsep.join([str(bindir), env.get("PATH", "")])
     # As a user would run it: OpenMP at its default, whatever this shell had.
     for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY"):

@@ -27,6 +27,7 @@ Subparsers = Any  # argparse's _SubParsersAction is private; the functions below
 
 
 def _stack_up(args: argparse.Namespace) -> int:
+    from continuous_training.credentials import MLFLOW_ADMIN, mlflow_credentials
     from continuous_training.ops.stack import airflow_password, part_url, stack_up
     from continuous_training.settings import load_settings
 
@@ -39,10 +40,14 @@ def _stack_up(args: argparse.Namespace) -> int:
         f"  Airflow UI      {part_url(settings, 'airflow-api-server')}   "
         f"(user admin, password {airflow_password(settings)})"
     )
-    print(f"  MLflow UI       {part_url(settings, 'mlflow')}")
+    print(
+        f"  MLflow UI       {part_url(settings, 'mlflow')}   "
+        f"(user {MLFLOW_ADMIN}, password {mlflow_credentials(settings)[MLFLOW_ADMIN]})"
+    )
     print(f"  endpoint        {part_url(settings, 'endpoint')}")
     print(f"  mail folder     {settings.mail_dir}   (SMTP {part_url(settings, 'smtp')})")
     print(f"  logs            {settings.log_dir}")
+    print(f"  secrets         {settings.secrets_dir}   (mode 0600; never logged)")
     print('Run `eval "$(ct stack env)"` to point the airflow/mlflow CLIs at it; `ct stack down` stops it.')
     return 0
 

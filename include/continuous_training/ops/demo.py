@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,11 +106,13 @@ def run_demo(settings: Settings | None = None, plan: DemoPlan | None = None) -> 
     from continuous_training.model.registry import get_champion
     from continuous_training.ops.airflow_client import AirflowClient
     from continuous_training.ops.simulate import SimulatorConfig, client_requests, land_day, send_traffic
-    from continuous_training.ops.stack import airflow_password, stack_up
+    from continuous_training.ops.stack import airflow_password, pipeline_client_env, stack_up
 
     settings = settings or load_settings()
     plan = plan or DemoPlan()
     t0 = time.monotonic()
+    # The demo registers nothing itself, but reads the registry (the champion) as the pipeline would.
+    os.environ.update(pipeline_client_env(settings))
     _say(f"bringing the stack up under {settings.home} (first start takes about a minute)")
     stack_up(settings)
     state = DemoState(settings.home / "demo" / "state.json")
@@ -227,6 +230,7 @@ def run_demo(settings: Settings | None = None, plan: DemoPlan | None = None) -> 
 def summarize(
     settings: Settings, state: DemoState, first: str | None, champion: dict | None, traffic: dict[str, Any]
 ) -> dict[str, Any]:
+    from continuous_training.credentials import MLFLOW_ADMIN, mlflow_credentials
     from continuous_training.ops.mailsink import read_mail
     from continuous_training.ops.stack import airflow_password
 
@@ -241,6 +245,7 @@ def summarize(
         "airflow_ui": settings.airflow_url,
         "airflow_login": f"admin / {airflow_password(settings)}",
         "mlflow_ui": settings.mlflow_tracking_uri,
+        "mlflow_login": f"{MLFLOW_ADMIN} / {mlflow_credentials(settings)[MLFLOW_ADMIN]}",
         "endpoint": settings.endpoint_url,
         "mail_dir": str(settings.mail_dir),
     }
@@ -261,7 +266,7 @@ def print_summary(s: dict[str, Any]) -> None:
     for line in s["mails"]:
         print(f"  {line}")
     print(f"Airflow UI            : {s['airflow_ui']}  (login {s['airflow_login']})")
-    print(f"MLflow UI             : {s['mlflow_ui']}")
+    print(f"MLflow UI             : {s['mlflow_ui']}  (login {s['mlflow_login']})")
     print(f"prediction endpoint   : {s['endpoint']}/predict  (health: {s['endpoint']}/health)")
     if "elapsed_s" in s:
         print(f"took {s['elapsed_s']:.0f} s. The stack keeps running: `make stack-down` stops it.")

@@ -1,7 +1,7 @@
 """The prediction endpoint and the prediction log, against a real MLflow server and real models.
 
-One ``mlflow server`` (SQLite backend under tmp) is started for the module; tiny scikit-learn
-pipelines are logged to it once and registered under a fresh model name per test, so each test
+The session's ``mlflow server`` (``tests/services.py``: the stack's auth app and accounts) is used; tiny
+scikit-learn pipelines are logged to it once and registered under a fresh model name per test, so each test
 controls its own ``champion`` alias.
 """
 
@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import mlflow
 import mlflow.sklearn
 import numpy as np
@@ -73,63 +69,6 @@ def _free_port() -> int:
 
 
 # ----------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``mlflow server`` on a free loopback port, SQLite backend, local artifacts."""
-    home = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = home / "server.log"
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{home / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(home / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    with open(log_path, "wb") as log_file:
-        # Own session, so teardown can stop the server and its uvicorn child together.
-        proc = subprocess.Popen(
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            # The job runner would be one more process importing mlflow while the server starts.
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
-                )
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server not up after 240 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")

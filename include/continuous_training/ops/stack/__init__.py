@@ -26,6 +26,7 @@ from continuous_training.ops.stack.env import (
     airflow_config,
     airflow_env,
     bin_dir,
+    pipeline_client_env,
     service_env,
     smtp_connection,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "log_file",
     "part_url",
     "passwords_file",
+    "pipeline_client_env",
     "pid_alive",
     "pid_file",
     "port_in_use",

@@ -71,6 +71,24 @@ def service_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def pipeline_client_env(settings: Settings) -> dict[str, str]:
+    """What a process outside Airflow (``ct demo``, the benchmarks) needs to act as the pipeline.
+
+    The MLflow account of the tasks (``ct-pipeline``) and the no-pickle rule of every process.
+
+    Args:
+        settings: where the secrets live.
+
+    Returns:
+        ``MLFLOW_TRACKING_USERNAME``, ``MLFLOW_TRACKING_PASSWORD`` and
+        ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION``.
+    """
+    return {
+        **mlflow_client_env(settings, MLFLOW_PIPELINE),
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    }
+
+
 def smtp_connection(settings: Settings) -> dict[str, Any]:
     """The Airflow connection (JSON form) for the embedded SMTP sink.
 
