@@ -22,7 +22,7 @@ from continuous_training.credentials import (
     model_verify_key,
 )
 from continuous_training.ops.mlflow_app import leaks, scrub_error
-from continuous_training.ops.stack import StackError, airflow_env, stack_up
+from continuous_training.ops.stack import StackError, airflow_env, stack_down, stack_up
 from continuous_training.ops.stack.mlflow_auth import auth_config_file, server_args, server_env
 from continuous_training.ops.stack.secrets import check_stack_secrets
 from continuous_training.settings import Settings, load_settings
@@ -124,8 +124,11 @@ def test_the_stack_refuses_to_start_with_a_weak_secret(
     data = json.loads(path.read_text())
     data[entry] = value
     path.write_text(json.dumps(data))
-    with pytest.raises(StackError, match=rf"refusing to start the stack: .*{Path(file).name}: {entry}"):
-        stack_up(settings, parts=["smtp"])
+    try:
+        with pytest.raises(StackError, match=rf"refusing to start the stack: .*{Path(file).name}: {entry}"):
+            stack_up(settings, parts=["smtp"])
+    finally:
+        stack_down(settings)  # should there be anything to stop, it must not outlive the test
     assert not settings.run_dir.exists() or not list(settings.run_dir.glob("*.pid"))
 
 
