@@ -29,6 +29,8 @@ MODEL_NAME_IN_RUN = "model"
 REFERENCE_ARTIFACT = "reference/reference.parquet"
 #: Run artifact of the evaluation report.
 EVALUATION_REPORT_ARTIFACT = "evaluation/report.html"
+#: Run artifact of the model's file manifest (JSON ``{relative path: sha256}``), written by training.
+MODEL_MANIFEST_ARTIFACT = "provenance/model_manifest.json"
 
 # Tags of the challenger's MLflow run (and, copied at registration, of its model version).
 TAG_TRAINING_SET = "ct.training_set_sha256"
@@ -41,6 +43,15 @@ TAG_REASON = "ct.reason"
 TAG_GATE_VERDICT = "ct.gate_verdict"
 TAG_GATE_METRIC_VALUE = "ct.gate_metric_value"
 TAG_EVALUATED_AGAINST = "ct.evaluated_against_champion"
+# The model's files as training logged them (run tags, copied at registration to the version's tags):
+# the manifest (canonical JSON ``{relative path: sha256}``) and the SHA-256 of that JSON (the digest).
+TAG_MODEL_MANIFEST = "ct.model_manifest"
+TAG_MODEL_MANIFEST_SHA256 = "ct.model_manifest_sha256"
+# Tags of a model version set by registration: the signed provenance (canonical JSON of name, version,
+# run, manifest digest, gate verdict, signing time) and its Ed25519 signature (url-safe base64). Only a
+# version carrying both, valid under the pipeline's key, may serve as champion.
+TAG_PROVENANCE = "ct.provenance"
+TAG_PROVENANCE_SIGNATURE = "ct.provenance_signature"
 # Tags of a model version set by deployment.
 TAG_PREVIOUS_CHAMPION = "ct.previous_champion"
 TAG_DEPLOY_CONFIRMED = "ct.deploy_confirmed"

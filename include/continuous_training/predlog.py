@@ -11,7 +11,12 @@ keep their file names apart, and no file is ever rewritten.
 
 Logged columns: ``request_id``, ``row_id`` (the key column if the client sent it, else
 ``<request_id>:<i>``), ``served_at`` (UTC), ``model_name``, ``model_version``, every contract feature
-as served (numbers as float64, categories and strings as str) and ``score`` (float64).
+as served (numbers as float64, categories and strings as str), ``score`` (float64) and
+``out_of_range`` (:data:`FLAG_COLUMN`): the row's contract columns whose value lay outside the contract
+(a number outside ``min``/``max``, an unseen category), comma-separated, or null when none did. The
+endpoint scores such rows when the policy's ``serving.out_of_range`` is ``score``, and flags them here
+so that monitoring can count them (:func:`flagged_counts`). Files written before the column existed
+read back with it null.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ log = logging.getLogger(__name__)
 
 META_COLUMNS = ("request_id", "row_id", "served_at", "model_name", "model_version")
 SCORE_COLUMN = "score"
+#: The row's contract columns outside the contract, comma-separated; null when every value was inside.
+FLAG_COLUMN = "out_of_range"
+#: Columns added after the first files were written: older files read back with them null.
+ADDED_COLUMNS = (FLAG_COLUMN,)
 PART_GLOB = "part-*.parquet"
 
 # A lake that refuses writes must not grow the endpoint's memory without bound: past this many
@@ -65,6 +74,7 @@ def prediction_schema(contract: DatasetContract) -> pa.Schema:
     for col in contract.features:
         fields.append(pa.field(col.name, pa.float64() if col.is_numeric else pa.string()))
     fields.append(pa.field(SCORE_COLUMN, pa.float64(), nullable=False))
+    fields.append(pa.field(FLAG_COLUMN, pa.string()))
     return pa.schema(fields)
 
 
@@ -83,6 +93,7 @@ class _Piece:
     model_name: str
     model_version: str
     served_at: datetime
+    flags: np.ndarray | None = None
 
 
 def _float_column(values: Any) -> np.ndarray:
@@ -162,6 +173,7 @@ class PredictionLog:
         model_name: str,
         model_version: str,
         served_at: datetime | None = None,
+        out_of_range: Sequence[str | None] | np.ndarray | None = None,
     ) -> None:
         """Buffer one request's rows and scores.
 
@@ -175,10 +187,12 @@ class PredictionLog:
             model_name: registered model name that produced the scores.
             model_version: its version.
             served_at: when the request was served; default now (UTC). Naive values are UTC.
+            out_of_range: per row, its columns outside the contract (comma-separated) or None; None
+                (the default) when no row is flagged. Logged as :data:`FLAG_COLUMN`.
 
         Raises:
-            ValueError: a feature column is missing, the columns differ in length or ``scores`` has
-                the wrong length.
+            ValueError: a feature column is missing, the columns differ in length, or ``scores`` or
+                ``out_of_range`` has the wrong length.
         """
         missing = [c.name for c in self._features if c.name not in frame]
         if missing:
@@ -198,6 +212,14 @@ class PredictionLog:
                 f"prediction log: {len(values)} scores for {rows} rows (request {request_id}); "
                 "expected one score per row"
             )
+        flags = None
+        if out_of_range is not None:
+            flags = np.asarray(out_of_range, dtype=object).reshape(-1)
+            if len(flags) != rows:
+                raise ValueError(
+                    f"prediction log: {len(flags)} out-of-range flags for {rows} rows (request {request_id}); "
+                    "expected one per row"
+                )
         if rows == 0:
             return
         piece = _Piece(
@@ -208,6 +230,7 @@ class PredictionLog:
             model_name=str(model_name),
             model_version=str(model_version),
             served_at=to_utc(served_at) if served_at is not None else datetime.now(UTC),
+            flags=flags,
         )
         with self._lock:
             self._pieces.append(piece)
@@ -266,6 +289,11 @@ class PredictionLog:
                 parts = [np.asarray(p.columns[col.name], dtype=object) for p in pieces]
                 columns[col.name] = _text_column(np.concatenate(parts))
         columns[SCORE_COLUMN] = pa.array(np.concatenate([p.scores for p in pieces]), pa.float64())
+        if any(p.flags is not None for p in pieces):
+            flags = [p.flags if p.flags is not None else np.full(p.rows, None, dtype=object) for p in pieces]
+            columns[FLAG_COLUMN] = _text_column(np.concatenate(flags))
+        else:
+            columns[FLAG_COLUMN] = pa.nulls(sum(counts), pa.string())
         return pa.table(columns, schema=self.schema)
 
     def _write(self, day: date, table: pa.Table) -> Path:
@@ -387,7 +415,8 @@ def read_predictions(
 
     Returns:
         The logged columns (see the module docstring), sorted by ``served_at``; an empty frame with
-        the same columns and dtypes when nothing matches.
+        the same columns and dtypes when nothing matches. :data:`FLAG_COLUMN` is null for rows
+        served inside the contract and for files written before the column existed.
 
     Raises:
         ValueError: ``start`` is not before ``end``, or a file lacks a logged column (file named).
@@ -403,6 +432,11 @@ def read_predictions(
             continue
         for path in sorted(folder.glob(PART_GLOB)):
             table = pq.read_table(path)
+            for name in ADDED_COLUMNS:
+                if name not in table.column_names:
+                    table = table.append_column(
+                        schema.field(name), pa.nulls(table.num_rows, schema.field(name).type)
+                    )
             missing = [name for name in schema.names if name not in table.column_names]
             if missing:
                 raise ValueError(f"{path}: prediction log file lacks column(s) {missing}")
@@ -415,3 +449,25 @@ def read_predictions(
     table = table.filter(mask)
     frame = table.to_pandas()
     return frame.sort_values("served_at", kind="stable", ignore_index=True)
+
+
+def flagged_counts(predictions: pd.DataFrame) -> dict[str, int]:
+    """How many served rows were flagged out of range, in all and per contract column.
+
+    Args:
+        predictions: rows as :func:`read_predictions` returns them (a frame without
+            :data:`FLAG_COLUMN` counts as none flagged).
+
+    Returns:
+        ``{"rows": flagged rows, <column>: rows flagged on that column, ...}``; only columns with a
+        flagged row are listed.
+    """
+    if FLAG_COLUMN not in predictions or predictions.empty:
+        return {"rows": 0}
+    flags = predictions[FLAG_COLUMN].dropna()
+    flags = flags[flags != ""]
+    counts: dict[str, int] = {"rows": len(flags)}
+    if len(flags):
+        for name, count in flags.str.split(",").explode().value_counts().items():
+            counts[str(name)] = int(count)
+    return counts

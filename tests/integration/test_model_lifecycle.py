@@ -14,19 +14,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
 import pytest
 
-from continuous_training import modelstore
+from continuous_training import modelstore, provenance
 from continuous_training.config import ModelPolicy, Policy, load_contract, load_policy
+from continuous_training.credentials import model_signing_key
 from continuous_training.lake import (
     DATA_FILE,
     MANIFEST_FILE,
@@ -54,6 +57,7 @@ from continuous_training.model.train import experiment_id, train_challenger
 from continuous_training.model.training_set import build_training_set, select_training_days
 from continuous_training.modelstore import alias_version
 from continuous_training.ops.simulate import SimulatorConfig, generate_day
+from continuous_training.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +95,11 @@ def world(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[
         training=dataclasses.replace(base.training, reference_sample_rows=1000),
     )
     training_set = build_training_set(lake, select_training_days(lake, 28))
+    client = mlflow.MlflowClient(mlflow_server)
+    for name in (MODEL, MODEL_REGISTER_TWICE):
+        # As the stack provisions its model: under MLflow's auth app an absent model reads as 403.
+        if not client.search_registered_models(f"name = '{name}'"):
+            client.create_registered_model(name)
     return {
         "contract": contract,
         "lake": lake,
@@ -98,7 +107,7 @@ def world(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[
         # The same pipeline and data; only the experiment (named after the model) differs.
         "policy_b": dataclasses.replace(policy, model=dataclasses.replace(policy.model, name=EXPERIMENT_B)),
         "training_set": training_set,
-        "client": mlflow.MlflowClient(mlflow_server),
+        "client": client,
     }
 
 
@@ -115,6 +124,22 @@ def train(world: dict[str, Any], lineage: dict[str, str], policy: Policy | None 
 
 def evaluate(world: dict[str, Any], run_id: str) -> dict[str, Any]:
     return evaluate_challenger(run_id, contract=world["contract"], policy=world["policy"], lake=world["lake"])
+
+
+def sign_as_stored(client: mlflow.MlflowClient, mv: Any) -> None:
+    """Sign a version's files as stored, whatever they are (to reach the loader's checks past the signature)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = mlflow.artifacts.download_artifacts(
+            artifact_uri=client.get_model_version_download_uri(mv.name, mv.version), dst_path=tmp
+        )
+        manifest = provenance.file_manifest(Path(folder), "test")
+    verdict = {"passed": True, "metric": "roc_auc", "challenger_value": 0.9}
+    key = model_signing_key(load_settings())
+    tags = provenance.version_tags(
+        name=mv.name, version=mv.version, run_id=mv.run_id, manifest=manifest, verdict=verdict, key=key
+    )
+    for tag, value in tags.items():
+        client.set_model_version_tag(mv.name, mv.version, tag, value)
 
 
 def set_champion(client: mlflow.MlflowClient, version: str | None) -> None:
@@ -211,7 +236,7 @@ def test_train_logs_a_complete_run(world, trained_a):
     sources = {json.loads(i.dataset.source)["uri"] for i in run.inputs.dataset_inputs}
     assert sources == {f"file://{ts['path']}"}
 
-    model = mlflow.sklearn.load_model(result["model_uri"])
+    model = modelstore.load_run_model(result["run_id"])  # checked against the run's manifest, skops
     sample = generate_day(DAYS[-1], SimulatorConfig(seed=11, rows_per_day=500)).head(5)
     scores = model.predict_proba(sample[world["contract"].feature_names])[:, 1]
     assert ((scores >= 0) & (scores <= 1)).all()
@@ -430,6 +455,7 @@ def test_a_champion_whose_model_cannot_load_is_reported_not_fatal(world, trained
     broken = client.create_model_version(
         MODEL, source=f"{run_a.info.artifact_uri}/reference", run_id=run_a.info.run_id
     )
+    sign_as_stored(client, broken)  # signed, so that it fails at loading, not at its provenance
     client.set_registered_model_alias(MODEL, "champion", broken.version)
     try:
         evaluation = evaluate(world, trained_b["run_id"])

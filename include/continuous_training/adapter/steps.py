@@ -201,10 +201,14 @@ def register(run_id: str, lineage: dict[str, str]) -> dict[str, Any]:
 
 
 def deploy(registered: dict[str, Any], lineage: dict[str, str]) -> dict[str, Any]:
-    """Smoke-test the version and make it the champion; mail on-call if the endpoint refused it."""
+    """Verify and smoke-test the version and make it the champion; mail on-call if it was refused (its
+    provenance, files or format: once per version, the endpoint's mail included) or the endpoint did
+    not serve it."""
     from continuous_training.model.deploy import (
+        DeployRefused,
         DeployRolledBack,
         check_gated_against,
+        check_provenance,
         promote_champion,
         smoke_test,
     )
@@ -212,11 +216,25 @@ def deploy(registered: dict[str, Any], lineage: dict[str, str]) -> dict[str, Any
     from continuous_training.modelstore import load_reference_sample
 
     name, version = registered["name"], str(registered["version"])
-    gated_against = recorded_verdict(registered["run_id"]).get("champion_version")
     champion = get_champion(name)
-    check_gated_against(name, version, gated_against, str(champion["version"]) if champion else None)
-    sample = load_reference_sample(name, version).head(200)
-    smoke = smoke_test(name, version, sample)
+    try:
+        # The signature first (tags only); the smoke test then loads the signed files, verified.
+        check_provenance(name, version)
+        gated_against = recorded_verdict(registered["run_id"]).get("champion_version")
+        check_gated_against(name, version, gated_against, str(champion["version"]) if champion else None)
+        sample = load_reference_sample(name, version).head(200)
+        smoke = smoke_test(name, version, sample)
+    except DeployRefused as exc:
+        notify(
+            mail.model_refused_mail(
+                name=name,
+                version=version,
+                reason=str(exc),
+                refused_by=f"the deploy task of {lineage['dag_id']} run {lineage['dag_run_id']}",
+                serving=str(champion["version"]) if champion else None,
+            )
+        )
+        raise
     log.info("Smoke test of %s v%s passed: %s", name, version, smoke)
     try:
         promoted = promote_champion(name, version, endpoint_url=load_settings().endpoint_url)

@@ -193,3 +193,52 @@ def drift_mail(*, drift: Mapping[str, Any], monitor_run_id: str, run_url: str) -
         html=body,
         details={k: drift[k] for k in ("drifted_columns", "scores", "report_html", "report_json")},
     )
+
+
+def model_refused_event_key(name: str, version: str) -> str:
+    """The event of a refused model version: one mail per version, whoever refused it (deploy, endpoint)."""
+    return f"model-refused/{name}/{version}"
+
+
+def model_refused_mail(*, name: str, version: str, reason: str, refused_by: str, serving: str | None) -> Mail:
+    """A model version was refused: its provenance, files or format are not what the pipeline made.
+
+    Args:
+        name: registered model name.
+        version: the refused version.
+        reason: what was refused and why (the refusal's message: the tag or file and what was expected).
+        refused_by: who refused it (the endpoint worker, the deploy task of a run).
+        serving: the version that keeps serving, if any.
+    """
+    kept = f"v{serving}" if serving else "nothing (the endpoint answers 503 until a trusted champion is set)"
+    body = (
+        f"<h2>Model refused: {html.escape(name)} v{html.escape(version)} will not serve</h2>"
+        "<p>Only versions registered by the <code>train</code> DAG may serve: signed provenance (run, passing "
+        "gate verdict, the digest of the model's files), files matching that digest, and a skops model. This "
+        "version failed that check, so none of its model file was loaded.</p>"
+        f"<pre>{html.escape(reason)}</pre>"
+        + render_table(
+            [
+                ("Model", name),
+                ("Refused version", version),
+                ("Refused by", refused_by),
+                ("Serving instead", kept),
+            ]
+        )
+        + "<p>If nobody meant to move the <code>champion</code> alias to this version, treat it as an "
+        "incident: check in MLflow who registered the version and moved the alias, and whether the artifact "
+        "store was written to. Then point <code>champion</code> back at a signed version, or trigger "
+        "<code>train</code> to make a new one.</p>"
+    )
+    return Mail(
+        event_key=model_refused_event_key(name, version),
+        subject=f"Model refused: {name} v{version} will not serve",
+        html=body,
+        details={
+            "name": name,
+            "version": version,
+            "reason": reason,
+            "refused_by": refused_by,
+            "serving": serving,
+        },
+    )

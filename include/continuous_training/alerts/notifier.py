@@ -5,38 +5,27 @@ This module is imported by DAG files at parse time, so it imports nothing heavy 
 import or construction; recipients and the sender are resolved when a mail is actually sent.
 
 Domain alerts are idempotent: each carries an event key (e.g. ``bad-data/2026-10-05/<sha12>``) and a
-ledger entry under ``<lake>/alerts/`` records that it was sent, so a re-run or a cleared task never mails
-the same event twice.
+ledger entry under ``<lake>/alerts/`` records that it was sent (:mod:`continuous_training.alerts.ledger`,
+shared with the endpoint's Airflow-free :mod:`continuous_training.alerts.mailer`), so a re-run, a cleared
+task or another process never mails the same event twice.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
+from continuous_training.alerts.ledger import send_once
 from continuous_training.alerts.mail import FAILURE_HTML, FAILURE_SUBJECT, Mail
+from continuous_training.alerts.mailer import SUBJECT_PREFIX
+from continuous_training.alerts.mailer import from_email as _from_email
+from continuous_training.alerts.mailer import recipients as _recipients
 from continuous_training.settings import load_settings
 
 log = logging.getLogger(__name__)
-
-
-def _recipients(to: str | Iterable[str] | None) -> list[str]:
-    if to:
-        return [to] if isinstance(to, str) else list(to)
-    from continuous_training.config import load_policy
-
-    return list(load_policy().alerts.on_call)
-
-
-def _from_email() -> str:
-    from continuous_training.config import load_policy
-
-    return load_policy().alerts.from_email
 
 
 class OnCallNotifier(SmtpNotifier):
@@ -81,19 +70,10 @@ def send_alert(
     """
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    from continuous_training.lake import Lake, write_json_atomic
-
-    ledger = Lake.from_settings().alert_ledger(event_key)
-    ledger.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # Claim the event atomically: of two runs racing on the same event, exactly one mails it.
-        os.close(os.open(ledger, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        log.info("Alert %s was already sent (ledger %s); not sending it again", event_key, ledger)
-        return False
     recipients = _recipients(to)
-    full_subject = f"[ct] {subject}"
-    try:
+    full_subject = SUBJECT_PREFIX + subject
+
+    def send() -> None:
         with SmtpHook(smtp_conn_id=load_settings().smtp_conn_id) as hook:
             hook.send_email_smtp(
                 to=recipients,
@@ -102,21 +82,9 @@ def send_alert(
                 from_email=hook.from_email or _from_email(),
                 custom_headers={"X-CT-Event": event_key},
             )
-    except BaseException:
-        ledger.unlink(missing_ok=True)  # not sent: a retry must be able to send it
-        raise
-    write_json_atomic(
-        ledger,
-        {
-            "event_key": event_key,
-            "subject": full_subject,
-            "to": recipients,
-            "sent_at": datetime.now(UTC).isoformat(),
-            "details": dict(details or {}),
-        },
-    )
-    log.info("Sent alert %s to %s", event_key, recipients)
-    return True
+
+    # The ledger claims the event atomically: of two runs racing on the same event, exactly one mails it.
+    return send_once(event_key, full_subject, send, to=recipients, details=details)
 
 
 def notify(mail: Mail, *, to: str | Iterable[str] | None = None) -> bool:

@@ -5,6 +5,11 @@ polls the alias every few seconds and swaps models on its own. Deploying is ther
 alias, then watch ``GET /health`` until every answer names the new version for a while". If that does
 not happen in time, the alias goes back to the previous champion (or is removed if there was none),
 so the registry never claims a champion the endpoint does not serve.
+
+Only a version the pipeline trained may become the champion: its signed provenance is checked before
+anything else (:func:`check_provenance`), and the smoke test loads it the verified way (its files
+against the signed manifest, skops only), so a refused version fails the deploy as
+:class:`DeployRefused` before the alias moves.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import pandas as pd
 from continuous_training.config import load_contract
 from continuous_training.features import feature_frame
 from continuous_training.lineage import CHAMPION, TAG_DEPLOY_CONFIRMED, TAG_PREVIOUS_CHAMPION
-from continuous_training.modelstore import alias_version, client, load_model_version
+from continuous_training.modelstore import alias_version, client, load_model_version, trusted_version
+from continuous_training.provenance import ModelRefusedError
 from continuous_training.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -35,8 +41,28 @@ class DeployError(RuntimeError):
     """A deployment step failed (smoke test, endpoint check)."""
 
 
+class DeployRefused(DeployError):
+    """The version's provenance, files or format were refused: it may not serve (nothing was moved)."""
+
+
 class DeployRolledBack(DeployError):
     """The new champion was not served in time; the message says what the alias was restored to."""
+
+
+def check_provenance(name: str, version: str | int) -> dict[str, Any]:
+    """The version's signed provenance, verified (tags only, no download).
+
+    Returns:
+        The signed payload (run, manifest digest, gate verdict, signing time).
+
+    Raises:
+        DeployRefused: no valid signature of the pipeline's key, or a failed gate.
+    """
+    try:
+        expected = trusted_version(client(), name, version)
+    except ModelRefusedError as exc:
+        raise DeployRefused(str(exc)) from exc
+    return dict(expected.provenance or {})
 
 
 def smoke_test(name: str, version: str | int, sample: pd.DataFrame) -> dict[str, Any]:
@@ -51,12 +77,15 @@ def smoke_test(name: str, version: str | int, sample: pd.DataFrame) -> dict[str,
         ``{"rows", "mean_score"}``.
 
     Raises:
+        DeployRefused: the version's provenance, files or format were refused (before any of it loaded).
         DeployError: naming the failing check (load, predict, shape, finiteness, range).
     """
     if sample.empty:
         raise DeployError(f"smoke test of {name} v{version}: the sample has no rows")
     try:
         model = load_model_version(name, version)
+    except ModelRefusedError as exc:
+        raise DeployRefused(f"smoke test of {name} v{version}: {exc}") from exc
     except Exception as exc:
         raise DeployError(f"smoke test of {name} v{version}: the model does not load: {exc}") from exc
     try:
@@ -146,6 +175,7 @@ def promote_champion(
         ``{"name", "version", "previous_version", "changed", "served_after_s"}``.
 
     Raises:
+        DeployRefused: the version carries no valid signed provenance; the alias was not moved.
         DeployRolledBack: the endpoint did not serve the version in time; the alias was restored.
         DeployError: the version was already the confirmed champion and the endpoint does not serve it
             (nothing to roll back to), or the rollback itself failed.
@@ -177,6 +207,7 @@ def promote_champion(
             }
         log.warning("%s v%s is the champion but was never confirmed served: resuming the wait", name, version)
     else:
+        check_provenance(name, version)
         previous = current
         changed = True
         mlflow_client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, previous or _NONE)

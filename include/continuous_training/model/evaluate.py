@@ -25,7 +25,7 @@ from continuous_training.lineage import (
 )
 from continuous_training.model.registry import get_champion
 from continuous_training.model.report import render_report
-from continuous_training.model.train import METRICS, classification_metrics, logged_model_uri
+from continuous_training.model.train import METRICS, classification_metrics
 from continuous_training.model.training_set import read_days
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,13 @@ def evaluate_challenger(
         ``{"run_id", "challenger": {metric: value}, "champion": {...} or None, "champion_version",
         "champion_error", "report_artifact_uri", "holdout_days", "holdout_rows"}``.
         ``champion`` is None when there is no champion (``champion_version`` None) or when its model
-        could not be loaded or scored (``champion_error`` says why).
+        could not be loaded or scored, or was refused (no valid signed provenance, files not the signed
+        ones: ``champion_error`` says why).
 
     Raises:
         ValueError: the run records no holdout days, or the holdout holds a single class.
+        continuous_training.provenance.ModelRefusedError: the challenger's files are not those its run
+            recorded, or not a skops model.
     """
     from mlflow.entities import Metric
 
@@ -77,7 +80,8 @@ def evaluate_challenger(
     holdout = read_days(lake, holdout_days, contract, snapshot)
     X, y = feature_frame(holdout, contract), target_array(holdout, contract)
 
-    challenger_model = modelstore.load_model(logged_model_uri(client, run_id))
+    # Not registered yet, so not signed: checked against the manifest its training recorded (and skops).
+    challenger_model = modelstore.load_run_model(run_id, mlflow_client=client)
     challenger_scores = challenger_model.predict_proba(X)[:, 1]
     challenger = classification_metrics(y, challenger_scores)
 
@@ -89,7 +93,8 @@ def evaluate_challenger(
     champion_version = str(champion_info["version"]) if champion_info else None
     if champion_info is not None:
         try:
-            champion_model = modelstore.load_model_version(name, champion_version)
+            # Signed provenance and files, as the endpoint checks them: a refused champion is reported.
+            champion_model = modelstore.load_model_version(name, champion_version, mlflow_client=client)
             champion_scores = champion_model.predict_proba(X)[:, 1]
             champion = classification_metrics(y, champion_scores)
         except Exception as exc:  # noqa: BLE001 - any failure to use the champion is reported, not fatal

@@ -4,6 +4,11 @@ Conventions shared with the endpoint and the monitor (names in :mod:`continuous_
 reads in :mod:`continuous_training.modelstore`): the registered model is ``policy.model.name``
 (``CT_MODEL_NAME`` overrides it); alias ``challenger`` marks the newest registered version and
 ``champion`` the version the endpoint serves. Every call talks to ``settings.mlflow_tracking_uri``.
+
+Registration is where a model becomes trusted: the version's files are checked against the manifest its
+training run recorded, and the version gets that manifest and its provenance (run, gate verdict, digest)
+signed with the pipeline's key (:mod:`continuous_training.provenance`), which the endpoint and the
+deploy task verify before the version may serve.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from continuous_training import provenance
 from continuous_training.config import load_policy
+from continuous_training.credentials import model_signing_key
 from continuous_training.lineage import (
     CHALLENGER,
     CHAMPION,
@@ -22,6 +29,8 @@ from continuous_training.lineage import (
     TAG_GATE_METRIC_VALUE,
     TAG_GATE_VERDICT,
     TAG_GIT_COMMIT,
+    TAG_PROVENANCE,
+    TAG_PROVENANCE_SIGNATURE,
     TAG_REASON,
     TAG_TRAINING_DAYS,
     TAG_TRAINING_SET,
@@ -29,7 +38,14 @@ from continuous_training.lineage import (
     run_days,
 )
 from continuous_training.model.train import logged_model_uri
-from continuous_training.modelstore import alias_version, client
+from continuous_training.modelstore import (
+    ExpectedModel,
+    alias_version,
+    check_expected,
+    client,
+    logged_model_manifest,
+)
+from continuous_training.settings import load_settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -98,8 +114,12 @@ def register_challenger(
 ) -> dict[str, Any]:
     """Register the run's model as a version of ``name`` and point the ``challenger`` alias at it.
 
+    Before any tag is set, the version's files are downloaded and checked against the manifest the
+    run's training recorded (same files, same SHA-256s, a skops model): the version then carries that
+    manifest and its signed provenance (:func:`continuous_training.provenance.version_tags`).
+
     Idempotent: if a version of ``name`` already comes from ``run_id``, it is reused (tags and alias
-    are set again, to the same values).
+    are set again, to the same values; a valid signature of the same claims is kept as it is).
 
     Args:
         run_id: the challenger's MLflow run.
@@ -109,6 +129,10 @@ def register_challenger(
 
     Returns:
         ``{"name", "version", "run_id", "created"}``; ``created`` is False when the version existed.
+
+    Raises:
+        continuous_training.provenance.ModelRefusedError: the run records no manifest, or the version's
+            files are not the ones it records; the version is left untagged and unsigned.
     """
     import mlflow
 
@@ -131,6 +155,12 @@ def register_challenger(
     # Lineage is that of the run which produced the model: a later call (another DAG run registering
     # the same MLflow run) must not rewrite where the version came from.
     run_tags = mlflow_client.get_run(run_id).data.tags
+    what = f"model {name} version {version}"
+    manifest = provenance.manifest_from_tags(run_tags, f"{what} (run {run_id})")
+    check_expected(
+        mlflow_client,
+        ExpectedModel(what, mlflow_client.get_model_version_download_uri(name, version), manifest),
+    )
     tags = {
         TAG_TRAINING_SET: run_tags.get(TAG_TRAINING_SET, ""),
         TAG_DAG_ID: str(run_tags.get(TAG_DAG_ID) or lineage.get("dag_id") or UNKNOWN),
@@ -141,11 +171,81 @@ def register_challenger(
         TAG_GATE_METRIC_VALUE: str(verdict.get("challenger_value")),
     }
     current = mlflow_client.get_model_version(name, version).tags or {}
+    tags.update(
+        _trust_tags(current, name=name, version=version, run_id=run_id, manifest=manifest, verdict=verdict)
+    )
     for key, value in tags.items():
         if current.get(key) != value:
             mlflow_client.set_model_version_tag(name, version, key, value)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version)
     return {"name": name, "version": version, "run_id": run_id, "created": created}
+
+
+def _trust_tags(
+    current: dict[str, str],
+    *,
+    name: str,
+    version: str,
+    run_id: str,
+    manifest: dict[str, str],
+    verdict: dict[str, Any],
+) -> dict[str, str]:
+    """The manifest and signed-provenance tags of a version; the current ones if they already sign the
+    same claims (a re-run changes no tag)."""
+    key = model_signing_key(load_settings())
+    claims = provenance.provenance_claims(
+        name=name,
+        version=version,
+        run_id=run_id,
+        manifest_sha256=provenance.manifest_sha256(manifest),
+        verdict=verdict,
+        public_key=key.public_key(),
+    )
+    signed = {k: current[k] for k in (TAG_PROVENANCE, TAG_PROVENANCE_SIGNATURE) if k in current}
+    if not provenance.carries_provenance(signed, key.public_key(), claims):
+        signed = provenance.sign_provenance(claims, key)
+        log.info(
+            "Signed the provenance of %s v%s (run %s, verdict passed=%s)",
+            name,
+            version,
+            run_id,
+            claims["verdict"]["passed"],
+        )
+    return {**provenance.manifest_tags(manifest), **signed}
+
+
+def sign_version(name: str, version: str | int, *, verdict: dict[str, Any]) -> dict[str, str]:
+    """Sign a version registered outside :func:`register_challenger`, hashing its files as stored now.
+
+    For a version whose run recorded no manifest (registered by hand or by a test, or before manifests
+    existed): the caller vouches for the files the store holds now, which must still pass the format
+    rules (a skops scikit-learn model). The train DAG never calls this; it signs what it trained.
+
+    Args:
+        name, version: the registered version.
+        verdict: the gate verdict to sign (``passed``, ``metric``, ``challenger_value``, ``forced``).
+
+    Returns:
+        The trust tags set on the version.
+
+    Raises:
+        continuous_training.provenance.ModelRefusedError: the files are not a model this project loads.
+    """
+    version = str(version)
+    mlflow_client = client()
+    mv = mlflow_client.get_model_version(name, version)
+    manifest = logged_model_manifest(
+        mlflow_client,
+        mlflow_client.get_model_version_download_uri(name, version),
+        f"model {name} version {version}",
+    )
+    tags = _trust_tags(
+        mv.tags or {}, name=name, version=version, run_id=mv.run_id, manifest=manifest, verdict=verdict
+    )
+    for key, value in tags.items():
+        if (mv.tags or {}).get(key) != value:
+            mlflow_client.set_model_version_tag(name, version, key, value)
+    return tags
 
 
 def record_gate_verdict(run_id: str, verdict: dict[str, Any]) -> None:

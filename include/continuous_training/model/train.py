@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from continuous_training import modelstore
+from continuous_training import modelstore, provenance
 from continuous_training.config import DatasetContract, Policy, load_contract, load_policy
 from continuous_training.features import feature_frame, target_array
 from continuous_training.lake import Lake
 from continuous_training.lineage import (
+    MODEL_MANIFEST_ARTIFACT,
     MODEL_NAME_IN_RUN,
     REFERENCE_ARTIFACT,
     TAG_DAG_ID,
@@ -42,6 +43,7 @@ from continuous_training.lineage import (
     run_days,
 )
 from continuous_training.model.training_set import read_days, split_days
+from continuous_training.modelstore import SKOPS_TRUSTED_TYPES  # the loaders' list, log_model must pass it
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -50,12 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Types skops must trust to load the pipeline (HistGradientBoosting's internal preprocessor and trees).
-SKOPS_TRUSTED_TYPES = [
-    "functools.partial",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.utils.validation.check_array",
-]
 #: What the model needs at inference. Pinned from this environment so log_model does not spend ~30 s
 #: inferring requirements in a subprocess (which also picks up pytest and friends).
 MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
@@ -213,9 +209,13 @@ def train_challenger(
     """Train a challenger on a training set and log everything about it to one MLflow run.
 
     The newest ``training.holdout_days`` days are held out (time-based split) for evaluation. The run
-    holds the parameters, the lineage tags, both datasets as inputs, training metrics, the model and
-    the drift reference sample. Idempotent: a FINISHED run of the same DAG run on the same training set
-    is returned as is; an unfinished one (a killed attempt) is marked FAILED and a new run is made.
+    holds the parameters, the lineage tags, both datasets as inputs, training metrics, the model, the
+    manifest of the model's files (downloaded once right after logging: the SHA-256 of each, as artifact
+    :data:`~continuous_training.lineage.MODEL_MANIFEST_ARTIFACT` and tags
+    :data:`~continuous_training.lineage.TAG_MODEL_MANIFEST` / ``..._SHA256``, what registration checks
+    and signs) and the drift reference sample. Idempotent: a FINISHED run of the same DAG run on the
+    same training set is returned as is; an unfinished one (a killed attempt) is marked FAILED and a new
+    run is made.
 
     Args:
         training_set: what :func:`continuous_training.model.training_set.build_training_set` returned.
@@ -306,9 +306,18 @@ def train_challenger(
             signature=infer_signature(example, pipeline.predict_proba(example)),
             input_example=example,
             pyfunc_predict_fn="predict_proba",
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
             pip_requirements=model_requirements(),
         )
+        # What was trained, hashed as the store holds it: registration checks a version against this,
+        # the signature covers it, and every load compares the files it downloads with it.
+        manifest = modelstore.logged_model_manifest(
+            client,
+            client.get_logged_model(info.model_id).artifact_location,
+            f"the model of run {run.info.run_id}",
+        )
+        mlflow.log_text(provenance.canonical_json(manifest), MODEL_MANIFEST_ARTIFACT)
+        mlflow.set_tags(provenance.manifest_tags(manifest))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
             reference_sample(train_df, contract, policy.training.reference_sample_rows).to_parquet(

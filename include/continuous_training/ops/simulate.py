@@ -637,7 +637,13 @@ def to_json_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
-def send_traffic(endpoint_url: str, rows: pd.DataFrame, batch_size: int = 50, timeout: float = 10.0) -> dict:
+def send_traffic(
+    endpoint_url: str,
+    rows: pd.DataFrame,
+    batch_size: int = 50,
+    timeout: float = 10.0,
+    token: str | None = None,
+) -> dict:
     """POST rows to ``{endpoint_url}/predict`` as ``{"rows": [...]}``, ``batch_size`` rows per request.
 
     One keep-alive connection; nothing is retried, so every failure shows up in the counts.
@@ -647,6 +653,8 @@ def send_traffic(endpoint_url: str, rows: pd.DataFrame, batch_size: int = 50, ti
         rows: the rows to send (e.g. :func:`client_requests`).
         batch_size: rows per request.
         timeout: seconds per request.
+        token: the bearer token, for an endpoint with ``serving.require_token`` on (default: the
+            ``predict_token`` of this deployment's secrets when the policy requires one).
 
     Returns:
         ``{"requests", "rows", "failed_requests", "failed_rows", "errors"}``; ``errors`` holds the
@@ -662,7 +670,16 @@ def send_traffic(endpoint_url: str, rows: pd.DataFrame, batch_size: int = 50, ti
     url = endpoint_url.rstrip("/") + "/predict"
     records = to_json_rows(rows)
     stats: dict[str, Any] = {"requests": 0, "rows": 0, "failed_requests": 0, "failed_rows": 0, "errors": []}
-    with httpx.Client(timeout=timeout) as client:
+    if token is None:
+        from continuous_training.config import load_policy
+        from continuous_training.credentials import endpoint_tokens
+        from continuous_training.settings import load_settings
+
+        settings = load_settings()
+        if load_policy(settings.config_dir).serving.require_token:
+            token = endpoint_tokens(settings)["predict_token"]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(timeout=timeout, headers=headers) as client:
         for batch_no, start in enumerate(range(0, len(records), batch_size)):
             batch = records[start : start + batch_size]
             stats["requests"] += 1

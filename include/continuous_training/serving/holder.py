@@ -1,4 +1,13 @@
-"""The model an endpoint worker serves: the ``champion`` alias, polled and swapped without a failed request."""
+"""The model an endpoint worker serves: the ``champion`` alias, polled and swapped without a failed request.
+
+Only a version the pipeline trained is swapped in: the default loader
+(:func:`continuous_training.modelstore.load_model_version`) verifies the version's signed provenance,
+its files against the signed manifest and the skops format before any byte of the model is read. A
+refused version never serves: the previous champion keeps serving, ``/health`` reports the refusal in
+``last_error``, and on-call gets one mail per version (the alert ledger in the lake is shared by the
+endpoint's workers, its restarts and the deploy task; :mod:`continuous_training.alerts.mailer` sends it
+over plain SMTP, without Airflow).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +25,10 @@ import numpy as np
 from continuous_training.config import DatasetContract
 from continuous_training.lineage import CHAMPION
 from continuous_training.modelstore import load_model_version
+from continuous_training.provenance import ModelRefusedError
 from continuous_training.serving.request import sample_frame
 from continuous_training.serving.scorer import Scorer, compile_scorer
+from continuous_training.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +72,9 @@ class ModelHolder:
     in that thread, then published with one reference assignment: requests already running finish
     on the model they started with, and none waits for or fails because of a swap. A version that
     fails to load (or to score a sample row) is logged, reported in ``last_error``, and the previous
-    model keeps serving.
+    model keeps serving. A version the loader refuses (provenance, digest, format:
+    :class:`~continuous_training.provenance.ModelRefusedError`) is handled the same way, and mailed to
+    on-call once per version.
 
     Args:
         tracking_uri: the MLflow tracking/registry server.
@@ -69,7 +82,10 @@ class ModelHolder:
         contract: the dataset contract (for the warm-up row).
         poll_seconds: alias polling period.
         loader: ``(name, version) -> estimator``; default
-            :func:`continuous_training.modelstore.load_model_version`.
+            :func:`continuous_training.modelstore.load_model_version` on ``tracking_uri``, verified with
+            the pipeline's public key under ``settings.secrets_dir``.
+        settings: where the verification key, the lake (alert ledger) and the SMTP server are; default
+            :func:`~continuous_training.settings.load_settings`.
     """
 
     def __init__(
@@ -79,12 +95,14 @@ class ModelHolder:
         contract: DatasetContract,
         poll_seconds: float = 2.0,
         loader: Callable[[str, str], Any] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self.contract = contract
         self.poll_seconds = poll_seconds
-        self._loader = loader or load_model_version
+        self.settings = settings or load_settings()
+        self._loader = loader or self._load_verified
         self._current: ServedModel | None = None
         self._check_lock = threading.Lock()
         self._stop = threading.Event()
@@ -94,6 +112,7 @@ class ModelHolder:
         self._registry_error: str | None = None
         self._failed: tuple[str, float, str] | None = None  # (version, monotonic time, message)
         self._alias_state: str | None = None  # last logged alias state, to log changes only
+        self._alias_entry: Any = None  # the ModelVersion the alias last named
 
     @property
     def current(self) -> ServedModel | None:
@@ -107,13 +126,30 @@ class ModelHolder:
             return self._registry_error
         return self._failed[2] if self._failed else None
 
-    def _resolve_alias(self) -> str | None:
+    def _registry(self) -> Any:
         from mlflow import MlflowClient
 
         if self._client is None:
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client
+
+    def _load_verified(self, name: str, version: str) -> Any:
+        from continuous_training.credentials import model_verify_key
+
+        # The key is read at each load: one written after the endpoint started is picked up. The entry
+        # the alias lookup just read (tags included) saves a registry call.
+        return load_model_version(
+            name,
+            version,
+            mlflow_client=self._registry(),
+            verify_key=model_verify_key(self.settings),
+            model_version=self._alias_entry,
+        )
+
+    def _resolve_alias(self) -> str | None:
         try:
-            return str(self._client.get_model_version_by_alias(self.model_name, CHAMPION).version)
+            self._alias_entry = self._registry().get_model_version_by_alias(self.model_name, CHAMPION)
+            return str(self._alias_entry.version)
         except Exception as exc:
             if _is_missing_alias(exc):
                 return None
@@ -187,14 +223,18 @@ class ModelHolder:
         started = time.monotonic()
         try:
             model = self._loader(self.model_name, version)
+        except ModelRefusedError as exc:
+            self._refuse(version, exc)
+            return
+        except Exception as exc:
+            self._fail(version, exc)
+            return
+        try:
             scores = np.asarray(model.predict_proba(sample_frame(self.contract)))
             if scores.ndim != 2 or scores.shape[0] != 1 or scores.shape[1] < 2:
                 raise ValueError(f"predict_proba on one row returned shape {scores.shape}; expected (1, 2)")
         except Exception as exc:
-            message = f"loading {self.model_name} version {version} failed: {type(exc).__name__}: {exc}"
-            self._failed = (version, time.monotonic(), message)
-            serving = self._current.version if self._current else None
-            log.exception("%s; still serving version %s", message, serving)
+            self._fail(version, exc)
             return
         scorer, kind = compile_scorer(model, self.contract)
         previous = self._current
@@ -208,6 +248,36 @@ class ModelHolder:
             kind,
             time.monotonic() - started,
         )
+
+    def _fail(self, version: str, exc: Exception) -> None:
+        message = f"loading {self.model_name} version {version} failed: {type(exc).__name__}: {exc}"
+        self._failed = (version, time.monotonic(), message)
+        serving = self._current.version if self._current else None
+        log.error("%s; still serving version %s", message, serving, exc_info=exc)
+
+    def _refuse(self, version: str, exc: ModelRefusedError) -> None:
+        serving = self._current.version if self._current else None
+        message = f"refused {self.model_name} version {version} (still serving version {serving}): {exc}"
+        again = self._failed is not None and self._failed[2] == message
+        self._failed = (version, time.monotonic(), message)
+        # Logged as an error once; the retries (every FAILED_LOAD_RETRY_SECONDS) only at info.
+        log.log(logging.INFO if again else logging.ERROR, "%s", message)
+        # Imported here: only a refusal needs the mail code (Airflow-free, it loads no airflow).
+        from continuous_training.alerts.mail import model_refused_mail
+        from continuous_training.alerts.mailer import mail_once
+
+        mail = model_refused_mail(
+            name=self.model_name,
+            version=version,
+            reason=str(exc),
+            refused_by=f"the prediction endpoint (worker pid {os.getpid()})",
+            serving=serving,
+        )
+        try:
+            if mail_once(mail, settings=self.settings):
+                log.warning("Mailed on-call that %s version %s was refused", self.model_name, version)
+        except Exception:  # the refusal stands; a failed mail is retried with the next load attempt
+            log.exception("Could not mail on-call that %s version %s was refused", self.model_name, version)
 
     def _run(self) -> None:
         while True:

@@ -29,7 +29,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 
 from continuous_training.config import load_contract
+from continuous_training.credentials import endpoint_tokens
 from continuous_training.lake import Lake
+from continuous_training.model.registry import sign_version
 from continuous_training.model.train import SKOPS_TRUSTED_TYPES, build_pipeline
 from continuous_training.predlog import read_predictions
 from continuous_training.serving.app import create_app
@@ -78,7 +80,9 @@ def models(mlflow_server: str, synthetic_rows) -> dict[str, Any]:
     first, second = fit_pipeline(synthetic_rows, 1), fit_pipeline(synthetic_rows, 2, flip=True)
     wrong = make_pipeline(HistGradientBoostingClassifier(max_iter=3)).fit(np.eye(4), [0, 1, 0, 1])
     uris = {}
-    with mlflow.start_run():
+    # An experiment of the tests' own: ct-pipeline (this process) owns what it creates, not Default's.
+    experiment = MlflowClient(mlflow_server).create_experiment(f"serving_models_{uuid.uuid4().hex[:8]}")
+    with mlflow.start_run(experiment_id=experiment):
         for label, model in (("first", first), ("second", second), ("wrong", wrong)):
             info = mlflow.sklearn.log_model(
                 model, name=label, skops_trusted_types=SKOPS_TRUSTED_TYPES, pip_requirements=["scikit-learn"]
@@ -87,8 +91,15 @@ def models(mlflow_server: str, synthetic_rows) -> dict[str, Any]:
     return {"first": first, "second": second, "uris": uris, "client": MlflowClient(mlflow_server)}
 
 
+#: The gate verdict the tests' versions are signed with (the endpoint serves only signed versions).
+PASSED_GATE = {"passed": True, "metric": "roc_auc", "challenger_value": 0.9, "forced": False}
+
+
 def register(models: dict[str, Any], name: str, label: str) -> str:
-    return str(mlflow.register_model(models["uris"][label], name).version)
+    """Register a logged model and sign it with the key of the current CT_HOME, as the train DAG would."""
+    version = str(mlflow.register_model(models["uris"][label], name).version)
+    sign_version(name, version, verdict=PASSED_GATE)
+    return version
 
 
 def set_champion(models: dict[str, Any], name: str, version: str) -> None:
@@ -114,13 +125,14 @@ def served(
 ) -> Iterator[TestClient]:
     """One running endpoint whose champion is the ``first`` model, shared by the read-only tests."""
     name = f"serving_shared_{uuid.uuid4().hex[:8]}"
-    set_champion(models, name, register(models, name, "first"))
     lake = tmp_path_factory.mktemp("shared_lake")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CT_HOME", str(lake.parent / "home"))
         mp.setenv("CT_LAKE", str(lake))
         mp.setenv("CT_MLFLOW_TRACKING_URI", mlflow_server)
         mp.setenv("CT_MODEL_NAME", name)
+        # Signed with this CT_HOME's key, the one the endpoint verifies with.
+        set_champion(models, name, register(models, name, "first"))
         app = create_app(load_settings())
         with TestClient(app, client=LOOPBACK_CLIENT) as client:
             yield client
@@ -150,7 +162,8 @@ def test_no_champion_serves_503_until_the_alias_is_set(
 
         version = "1" if registered else register(models, name, "first")
         set_champion(models, name, version)
-        reloaded = client.post("/reload").json()
+        admin = {"Authorization": f"Bearer {endpoint_tokens(app_env['settings'])['admin_token']}"}
+        reloaded = client.post("/reload", headers=admin).json()
         assert reloaded["status"] == "ok"
         assert reloaded["model_version"] == version
         assert reloaded["last_error"] is None
@@ -223,7 +236,8 @@ def test_wrong_type_is_422_naming_row_and_column(served: TestClient, synthetic_r
     error = response.json()
     assert (error["row"], error["column"], error["expected"]) == (1, "annual_income", "a number")
     assert "row 1" in error["error"]
-    assert "'lots'" in error["error"]
+    assert "got a string" in error["error"]
+    assert "lots" not in response.text  # the client's value is never echoed
 
 
 def test_empty_rows_are_422(served: TestClient) -> None:
@@ -232,11 +246,13 @@ def test_empty_rows_are_422(served: TestClient) -> None:
     assert "no rows" in response.json()["error"]
 
 
-def test_reload_refuses_non_loopback_clients(served: TestClient) -> None:
-    # The default TestClient peer is "testclient", not a loopback address; no lifespan is needed.
+def test_reload_needs_the_admin_token(served: TestClient) -> None:
+    # From any address: the token is the authentication (the served fixture's CT_HOME holds it).
+    token = endpoint_tokens(load_settings())["admin_token"]
     remote = TestClient(served.app, client=("192.0.2.7", 1234))
-    assert remote.post("/reload").status_code == 403
-    assert served.post("/reload").status_code == 200
+    assert remote.post("/reload").status_code == 401
+    assert served.post("/reload", headers={"Authorization": "Bearer wrong-token-0123"}).status_code == 401
+    assert remote.post("/reload", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
 @pytest.mark.filterwarnings("ignore:X has feature names:UserWarning")  # the deliberately broken model
@@ -349,8 +365,8 @@ def _with(rows: list[dict[str, Any]], i: int, column: str, value: Any) -> list[d
         (_body(rows=[], dataframe_records=[]), None, None, "exactly one of"),
         (_body(rows={"a": 1}), None, None, "list of row objects"),
         (_body(rows=[1]), 0, None, "expected an object"),
-        ((2, "age", None), 2, "age", "expected a number, got None"),
-        ((1, "age", True), 1, "age", "(bool)"),
+        ((2, "age", None), 2, "age", "expected a number, got null"),
+        ((1, "age", True), 1, "age", "got a boolean"),
         ((0, "age", 30.5), 0, "age", "expected an integer"),
         ((2, "region", 3), 2, "region", "expected a string"),
         (_body(dataframe_split={"columns": ["age"], "data": [[30]]}), 0, "annual_income", "missing feature"),

@@ -161,7 +161,7 @@ class _Admin:
         granted = self.call(
             "POST", "/api/3.0/mlflow/users/permissions/grant", json={**where, "permission": permission}
         )
-        if granted.status_code != 200 and "already exists" in granted.text:
+        if granted.status_code != 200 and "RESOURCE_ALREADY_EXISTS" in granted.text:
             self._ok(self.call("POST", "/api/3.0/mlflow/users/permissions/revoke", json=where), "revoke")
             granted = self.call(
                 "POST", "/api/3.0/mlflow/users/permissions/grant", json={**where, "permission": permission}
