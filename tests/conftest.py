@@ -55,6 +55,10 @@ def _isolate() -> Path:
 
 TEST_HOME = _isolate()
 
+# The real services (MLflow, SMTP sink, Airflow DB, endpoint), one of each per session whichever suites
+# use them: defined here once, so that no two suites start a second copy on the same port.
+from services import airflow_db, endpoint, mlflow_server, smtp_sink  # noqa: E402, F401
+
 
 def pytest_sessionfinish(session, exitstatus):
     """Remove the session's CT_HOME unless it failed or CT_KEEP_TEST_HOME is set (for a post-mortem)."""

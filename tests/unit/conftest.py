@@ -11,9 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-# The real MLflow server of the session (the stack's auth app and accounts), for the endpoint's tests.
-from services import mlflow_server  # noqa: F401
-
 from continuous_training.config import DatasetContract, load_contract
 from continuous_training.lake import Lake
 
