@@ -144,17 +144,23 @@ def add_mlflow_user(username: str, password: str, grants: dict[tuple[str, str], 
         made = admin.post("/api/2.0/mlflow/users/create", json={"username": username, "password": password})
         # The auth app's error bodies are scrubbed of their text; the error code says why.
         assert made.status_code == 200 or "RESOURCE_ALREADY_EXISTS" in made.text, made.text
-        for (resource_type, resource_id), permission in (grants or {}).items():
-            granted = admin.post(
-                "/api/3.0/mlflow/users/permissions/grant",
-                json={
-                    "username": username,
-                    "resource_type": resource_type,
-                    "resource_id": resource_id,
-                    "permission": permission,
-                },
-            )
-            assert granted.status_code == 200 or "RESOURCE_ALREADY_EXISTS" in granted.text, granted.text
+    for (resource_type, resource_id), permission in (grants or {}).items():
+        grant_mlflow_permission(username, resource_type, resource_id, permission)
+
+
+def grant_mlflow_permission(username: str, resource_type: str, resource_id: str, permission: str) -> None:
+    """Grant an existing MLflow account a permission (as admin); granting it again is fine."""
+    with mlflow_admin() as admin:
+        granted = admin.post(
+            "/api/3.0/mlflow/users/permissions/grant",
+            json={
+                "username": username,
+                "resource_type": resource_type,
+                "resource_id": resource_id,
+                "permission": permission,
+            },
+        )
+    assert granted.status_code == 200 or "RESOURCE_ALREADY_EXISTS" in granted.text, granted.text
 
 
 @pytest.fixture(scope="session")

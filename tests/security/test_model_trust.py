@@ -34,7 +34,7 @@ import httpx
 import mlflow
 import pytest
 import yaml
-from services import BIN, add_mlflow_user, mlflow_admin, start_process, stop_process
+from services import BIN, add_mlflow_user, grant_mlflow_permission, start_process, stop_process
 
 from continuous_training import modelstore, provenance
 from continuous_training.alerts.mail import model_refused_event_key
@@ -166,8 +166,8 @@ def guarded_endpoint(world: dict[str, Any], v1: dict[str, Any], smtp_sink: Path)
     settings = world["settings"]
     experiment_id = world["client"].get_experiment_by_name(MODEL).experiment_id
     # What provisioning grants the endpoint on the stack's model, on this module's.
-    grant(MLFLOW_ENDPOINT, "experiment", experiment_id, "READ")
-    grant(MLFLOW_ENDPOINT, "registered_model", MODEL, "READ")
+    grant_mlflow_permission(MLFLOW_ENDPOINT, "experiment", experiment_id, "READ")
+    grant_mlflow_permission(MLFLOW_ENDPOINT, "registered_model", MODEL, "READ")
     port = _free_port()
     url = f"http://{settings.host}:{port}"
     proc = start_process(
@@ -198,21 +198,6 @@ def guarded_endpoint(world: dict[str, Any], v1: dict[str, Any], smtp_sink: Path)
         yield url
     finally:
         stop_process(proc)
-
-
-def grant(username: str, resource_type: str, resource_id: str, permission: str) -> None:
-    """Grant an existing MLflow account a permission (as admin); granting it again is fine."""
-    with mlflow_admin() as admin:
-        granted = admin.post(
-            "/api/3.0/mlflow/users/permissions/grant",
-            json={
-                "username": username,
-                "resource_type": resource_type,
-                "resource_id": resource_id,
-                "permission": permission,
-            },
-        )
-    assert granted.status_code == 200 or "ALREADY_EXISTS" in granted.text, granted.text
 
 
 def _workers(url: str, condition: Callable[[dict[str, Any]], bool]) -> dict[int, dict[str, Any]] | None:

@@ -32,24 +32,13 @@ from continuous_training.ops.stack import (
     stack_status,
     stack_up,
 )
-from continuous_training.settings import Settings, load_settings
+from continuous_training.settings import Settings
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("CT_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("CT_LAKE", raising=False)
-    for var in ("CT_AIRFLOW_PORT", "CT_MLFLOW_PORT", "CT_ENDPOINT_PORT", "CT_SMTP_PORT"):
-        monkeypatch.setenv(var, str(_free_port()))
-    for var in ("CT_MLFLOW_TRACKING_URI", "CT_ENDPOINT_URL", "CT_AIRFLOW_URL", "CT_SMTP_CONN_ID", "CT_HOST"):
-        monkeypatch.delenv(var, raising=False)
-    return load_settings()
 
 
 def _dead_pid() -> int:

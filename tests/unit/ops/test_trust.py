@@ -25,23 +25,13 @@ from continuous_training.ops.mlflow_app import leaks, scrub_error
 from continuous_training.ops.stack import StackError, airflow_env, stack_down, stack_up
 from continuous_training.ops.stack.mlflow_auth import auth_config_file, server_args, server_env
 from continuous_training.ops.stack.secrets import check_stack_secrets
-from continuous_training.settings import Settings, load_settings
+from continuous_training.settings import Settings
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("CT_HOME", str(tmp_path / "home"))
-    for var in ("CT_LAKE", "CT_SECRETS_DIR", "CT_MLFLOW_TRACKING_URI", "CT_HOST"):
-        monkeypatch.delenv(var, raising=False)
-    for var in ("CT_AIRFLOW_PORT", "CT_MLFLOW_PORT", "CT_ENDPOINT_PORT", "CT_SMTP_PORT"):
-        monkeypatch.setenv(var, str(_free_port()))
-    return load_settings()
 
 
 @pytest.mark.parametrize("value", ["", None, "password1234", "airflow", "AIRFLOW", "short", 12345678901234])
