@@ -25,6 +25,45 @@ from continuous_training.settings import load_settings
 BIN = Path(sys.executable).parent
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll until ``predicate()`` is truthy and return its value; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def publish_simulated_days(lake, days, seed: int, rows_per_day: int = 500) -> None:
+    """Write simulated days straight into ``lake`` as validated partitions (data file + manifest)."""
+    from continuous_training.config import load_contract
+    from continuous_training.lake import (
+        DATA_FILE,
+        MANIFEST_FILE,
+        write_json_atomic,
+        write_parquet_bytes_stable,
+    )
+    from continuous_training.ops.simulate import SimulatorConfig, generate_day
+
+    contract = load_contract()
+    for day in days:
+        df = generate_day(day, SimulatorConfig(seed=seed, rows_per_day=rows_per_day), contract)
+        sha = write_parquet_bytes_stable(df, lake.validated(day) / DATA_FILE)
+        write_json_atomic(lake.validated(day) / MANIFEST_FILE, {"day": day, "rows": len(df), "sha256": sha})
+
+
 def wait_http(
     url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None
 ) -> None:

@@ -26,16 +26,13 @@ from typing import Any
 import mlflow
 import pandas as pd
 import pytest
+from services import publish_simulated_days
 
 from continuous_training import modelstore, provenance
 from continuous_training.config import ModelPolicy, Policy, load_contract, load_policy
 from continuous_training.credentials import model_signing_key
 from continuous_training.lake import (
-    DATA_FILE,
-    MANIFEST_FILE,
     Lake,
-    write_json_atomic,
-    write_parquet_bytes_stable,
 )
 from continuous_training.lineage import (
     CHAMPION,
@@ -84,10 +81,7 @@ def world(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[
     """Six validated partitions of simulated applications, the policy with this module's model name."""
     contract = load_contract()
     lake = Lake(tmp_path_factory.mktemp("lifecycle") / "lake")
-    for day in DAYS:
-        df = generate_day(day, SimulatorConfig(seed=11, rows_per_day=500), contract)
-        sha = write_parquet_bytes_stable(df, lake.validated(day) / DATA_FILE)
-        write_json_atomic(lake.validated(day) / MANIFEST_FILE, {"day": day, "rows": len(df), "sha256": sha})
+    publish_simulated_days(lake, DAYS, seed=11)
     base = load_policy()
     policy = dataclasses.replace(
         base,

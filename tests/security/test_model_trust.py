@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -34,18 +33,23 @@ import httpx
 import mlflow
 import pytest
 import yaml
-from services import BIN, add_mlflow_user, grant_mlflow_permission, start_process, stop_process
+from services import (
+    BIN,
+    add_mlflow_user,
+    free_port,
+    grant_mlflow_permission,
+    publish_simulated_days,
+    start_process,
+    stop_process,
+    wait_until,
+)
 
 from continuous_training import modelstore, provenance
 from continuous_training.alerts.mail import model_refused_event_key
 from continuous_training.config import ModelPolicy, load_contract, load_policy
 from continuous_training.credentials import MLFLOW_ENDPOINT, mlflow_client_env
 from continuous_training.lake import (
-    DATA_FILE,
-    MANIFEST_FILE,
     Lake,
-    write_json_atomic,
-    write_parquet_bytes_stable,
 )
 from continuous_training.lineage import (
     CHAMPION,
@@ -78,23 +82,6 @@ INTRUDER = ("mallory-intruder", "intruder-password-0123456789")
 ENDPOINT_WAIT_S = 90.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
-
-
 # ------------------------------------------------------------------------------ what the pipeline made
 
 
@@ -103,10 +90,7 @@ def world(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[
     """Validated partitions, the policy with this module's model name, the pipeline's MLflow client."""
     contract = load_contract()
     lake = Lake(tmp_path_factory.mktemp("trust") / "lake")
-    for day in DAYS:
-        df = generate_day(day, SimulatorConfig(seed=13, rows_per_day=500), contract)
-        sha = write_parquet_bytes_stable(df, lake.validated(day) / DATA_FILE)
-        write_json_atomic(lake.validated(day) / MANIFEST_FILE, {"day": day, "rows": len(df), "sha256": sha})
+    publish_simulated_days(lake, DAYS, seed=13)
     base = load_policy()
     policy = dataclasses.replace(
         base,
@@ -168,7 +152,7 @@ def guarded_endpoint(world: dict[str, Any], v1: dict[str, Any], smtp_sink: Path)
     # What provisioning grants the endpoint on the stack's model, on this module's.
     grant_mlflow_permission(MLFLOW_ENDPOINT, "experiment", experiment_id, "READ")
     grant_mlflow_permission(MLFLOW_ENDPOINT, "registered_model", MODEL, "READ")
-    port = _free_port()
+    port = free_port()
     url = f"http://{settings.host}:{port}"
     proc = start_process(
         "endpoint-trust",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from services import wait_until
 
 from continuous_training.config import DatasetContract, load_contract
 from continuous_training.lake import Lake
@@ -70,10 +70,6 @@ def wait_for() -> Callable[[Callable[[], Any], float, str], None]:
     """``wait_for(predicate, timeout, what)``: poll until ``predicate()`` is true, else fail naming ``what``."""
 
     def wait(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-            time.sleep(0.05)
+        wait_until(predicate, timeout, what, interval=0.05)
 
     return wait
