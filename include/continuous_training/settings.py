@@ -16,6 +16,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The Airflow connection alert mail goes through unless ``CT_SMTP_CONN_ID`` names another.
 DEFAULT_SMTP_CONN_ID = "ct_smtp"
+#: The deployment modes (``CT_DEPLOYMENT``); the first is the default.
+DEPLOYMENTS = ("embedded", "cluster")
+#: The Airflow pool (one slot) and Celery queue of the training task: one training at a time across
+#: DAG runs and workers. The stack creates the pool; every Celery worker of the cluster listens on the
+#: queue besides Airflow's default one.
+TRAINING_POOL = "training"
+TRAINING_QUEUE = "training"
 
 
 class _Env:
@@ -51,6 +58,13 @@ class _Env:
             raise ValueError(f"environment variable {name}={raw!r}: expected a number of seconds") from exc
         if not value > 0:
             raise ValueError(f"environment variable {name}={raw!r}: expected a positive number of seconds")
+        return value
+
+    def choice(self, name: str, allowed: tuple[str, ...]) -> str:
+        """One of ``allowed`` (the first is the default)."""
+        value = self.text(name, allowed[0])
+        if value not in allowed:
+            raise ValueError(f"environment variable {name}={value!r}: expected one of {list(allowed)}")
         return value
 
     def names(self, name: str) -> tuple[str, ...] | None:
@@ -90,6 +104,20 @@ class Settings:
             default ``host``; Airflow's tasks use the ``smtp_conn_id`` connection).
         secrets_root: folder of the generated credentials (``CT_SECRETS_DIR``), default
             ``<home>/secrets``; see :attr:`secrets_dir`.
+        deployment: ``embedded`` (default: LocalExecutor, SQLite, local files) or ``cluster``
+            (CeleryExecutor, PostgreSQL, Redis, DAGs from git), ``CT_DEPLOYMENT``. Only configuration
+            differs between the two (see ``ct stack``); ``deployment_given`` says whether
+            ``CT_DEPLOYMENT`` was set (else ``ct stack`` uses the mode recorded in ``CT_HOME``).
+        postgres_port, redis_port: ports of the cluster's own PostgreSQL and Redis (``CT_POSTGRES_PORT``,
+            ``CT_REDIS_PORT``).
+        postgres_url: an administrator URL of a PostgreSQL server that is already running
+            (``CT_POSTGRES_URL``, e.g. ``postgresql://admin:pw@db:5432/postgres``); the cluster then
+            creates its databases there instead of starting a server of its own.
+        celery_workers, worker_concurrency: Celery workers of the cluster and task slots of each
+            (``CT_CELERY_WORKERS``, ``CT_WORKER_CONCURRENCY``).
+        dags_repo, dags_ref, dags_subdir: the git repository the cluster's dag-processor reads DAGs from
+            (``CT_DAGS_REPO``, default this repository), the branch it tracks (``CT_DAGS_REF``) and the
+            folder in it (``CT_DAGS_SUBDIR``).
     """
 
     home: Path
@@ -114,7 +142,30 @@ class Settings:
     git_commit: str | None = None
     smtp_host: str | None = None
     secrets_root: Path | None = None
+    deployment: str = "embedded"
+    deployment_given: bool = False
+    postgres_port: int = 5433
+    redis_port: int = 6380
+    postgres_url: str | None = None
+    celery_workers: int = 2
+    worker_concurrency: int = 2
+    dags_repo: str = str(REPO_ROOT)
+    dags_ref: str = "main"
+    dags_subdir: str = "dags"
     repo_root: Path = field(default=REPO_ROOT)
+
+    @property
+    def cluster(self) -> bool:
+        """Whether this is the scaled-out deployment (``CT_DEPLOYMENT=cluster``)."""
+        return self.deployment == "cluster"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.home / "postgres"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.home / "redis"
 
     @property
     def secrets_dir(self) -> Path:
@@ -207,4 +258,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         secrets_root=Path(secrets).expanduser().resolve()
         if (secrets := env.optional("CT_SECRETS_DIR"))
         else None,
+        deployment=env.choice("CT_DEPLOYMENT", DEPLOYMENTS),
+        deployment_given=env.optional("CT_DEPLOYMENT") is not None,
+        postgres_port=env.integer("CT_POSTGRES_PORT", 5433, port),
+        redis_port=env.integer("CT_REDIS_PORT", 6380, port),
+        postgres_url=env.optional("CT_POSTGRES_URL"),
+        celery_workers=env.integer("CT_CELERY_WORKERS", 2, "a number of Celery workers"),
+        worker_concurrency=env.integer("CT_WORKER_CONCURRENCY", 2, "a number of task slots per worker"),
+        dags_repo=env.text("CT_DAGS_REPO", str(REPO_ROOT)),
+        dags_ref=env.text("CT_DAGS_REF", "main"),
+        dags_subdir=env.text("CT_DAGS_SUBDIR", "dags"),
     )

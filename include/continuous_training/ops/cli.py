@@ -26,16 +26,21 @@ Subparsers = Any  # argparse's _SubParsersAction is private; the functions below
 # --------------------------------------------------------------------------------------------------
 
 
+def _settings(args: argparse.Namespace):
+    from continuous_training.ops.stack import stack_settings
+
+    return stack_settings(cluster=getattr(args, "cluster", False))
+
+
 def _stack_up(args: argparse.Namespace) -> int:
     from continuous_training.credentials import MLFLOW_ADMIN, mlflow_credentials
     from continuous_training.ops.stack import airflow_password, part_url, stack_up
-    from continuous_training.settings import load_settings
 
-    settings = load_settings()
+    settings = _settings(args)
     parts = [p for p in args.parts.split(",") if p.strip()] if args.parts else None
     stack_up(settings, parts=parts)
     print()
-    print("The embedded stack is up:")
+    print(f"The {settings.deployment} stack is up:")
     print(
         f"  Airflow UI      {part_url(settings, 'airflow-api-server')}   "
         f"(user admin, password {airflow_password(settings)})"
@@ -55,15 +60,16 @@ def _stack_up(args: argparse.Namespace) -> int:
 def _stack_down(args: argparse.Namespace) -> int:
     from continuous_training.ops.stack import stack_down
 
-    stack_down()
-    print("The embedded stack is stopped.")
+    settings = _settings(args)
+    stack_down(settings)
+    print(f"The {settings.deployment} stack is stopped.")
     return 0
 
 
 def _stack_status(args: argparse.Namespace) -> int:
     from continuous_training.ops.stack import stack_status
 
-    status = stack_status()
+    status = stack_status(_settings(args))
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -78,10 +84,10 @@ def _stack_status(args: argparse.Namespace) -> int:
 
 def _stack_env(args: argparse.Namespace) -> int:
     from continuous_training.ops.stack import airflow_env, bin_dir
-    from continuous_training.settings import load_settings
 
-    env = airflow_env(load_settings())
-    print('# The embedded stack\'s environment: eval "$(ct stack env)"')
+    settings = _settings(args)
+    env = airflow_env(settings)
+    print(f'# The {settings.deployment} stack\'s environment: eval "$(ct stack env)"')
     for key in sorted(env):
         print(f"export {key}={shlex.quote(env[key])}")
     # The stack's processes run without it, so they share one bytecode cache (PYTHONPYCACHEPREFIX).
@@ -102,19 +108,33 @@ def add_stack_command(subparsers: Subparsers) -> None:
         description="The embedded stack: SMTP sink, MLflow, Airflow, endpoint.",
     )
     actions = stack.add_subparsers(dest="action", required=True, metavar="{up,down,status,env}")
-    up = actions.add_parser("up", help="start every part (parts already running are left alone)")
+    mode = argparse.ArgumentParser(add_help=False)
+    mode.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the scaled-out stack (CeleryExecutor, PostgreSQL, Redis, DAGs from git); same as "
+        "CT_DEPLOYMENT=cluster. `status`, `down` and `env` default to the mode `up` last started here.",
+    )
+    up = actions.add_parser(
+        "up", parents=[mode], help="start every part (parts already running are left alone)"
+    )
     up.add_argument(
         "--parts",
         default=None,
         help="comma-separated subset: smtp, mlflow, airflow (or airflow-api-server, "
-        "airflow-scheduler, airflow-dag-processor, airflow-triggerer), endpoint",
+        "airflow-scheduler, airflow-dag-processor, airflow-triggerer), endpoint; in the cluster "
+        "also postgres, redis, workers (airflow-worker-N), airflow-scheduler-N",
     )
     up.set_defaults(handler=_stack_up)
-    actions.add_parser("down", help="stop what `up` started").set_defaults(handler=_stack_down)
-    status = actions.add_parser("status", help="state, pid, health and URL of each part")
+    actions.add_parser("down", parents=[mode], help="stop what `up` started").set_defaults(
+        handler=_stack_down
+    )
+    status = actions.add_parser("status", parents=[mode], help="state, pid, health and URL of each part")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=_stack_status)
-    actions.add_parser("env", help="print `export K=V` lines for a shell").set_defaults(handler=_stack_env)
+    actions.add_parser("env", parents=[mode], help="print `export K=V` lines for a shell").set_defaults(
+        handler=_stack_env
+    )
 
 
 # --------------------------------------------------------------------------------------------------

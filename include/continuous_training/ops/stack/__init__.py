@@ -21,7 +21,13 @@ Modules: :mod:`~.env` (the environment; :func:`airflow_config` is its pure part)
 
 from __future__ import annotations
 
-from continuous_training.ops.stack.control import stack_down, stack_status, stack_up
+from continuous_training.ops.stack.control import (
+    recorded_deployment,
+    stack_down,
+    stack_settings,
+    stack_status,
+    stack_up,
+)
 from continuous_training.ops.stack.env import (
     airflow_config,
     airflow_env,
@@ -32,7 +38,7 @@ from continuous_training.ops.stack.env import (
 )
 from continuous_training.ops.stack.errors import StackError
 from continuous_training.ops.stack.health import airflow_health
-from continuous_training.ops.stack.parts import PARTS, part_url, resolve_parts
+from continuous_training.ops.stack.parts import PARTS, part_url, parts_of, resolve_parts
 from continuous_training.ops.stack.process import log_file, pid_alive, pid_file, port_in_use, read_pid
 from continuous_training.ops.stack.secrets import airflow_password, passwords_file, stack_secrets
 
@@ -50,13 +56,16 @@ __all__ = [
     "pipeline_client_env",
     "pid_alive",
     "pid_file",
+    "parts_of",
     "port_in_use",
+    "recorded_deployment",
     "read_pid",
     "resolve_parts",
     "service_env",
     "smtp_connection",
     "stack_down",
     "stack_secrets",
+    "stack_settings",
     "stack_status",
     "stack_up",
 ]

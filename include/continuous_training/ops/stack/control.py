@@ -10,8 +10,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
+from continuous_training.ops.stack.cluster import cluster_secrets, provision_databases
 from continuous_training.ops.stack.env import bin_dir
 from continuous_training.ops.stack.errors import StackError
 from continuous_training.ops.stack.health import (
@@ -22,15 +25,15 @@ from continuous_training.ops.stack.health import (
 )
 from continuous_training.ops.stack.mlflow_auth import provision
 from continuous_training.ops.stack.parts import (
-    _NEEDS,
-    _STOP_WAVES,
-    AIRFLOW_PARTS,
-    PARTS,
-    START_TIMEOUT_S,
     _part_spec,
     _port_var,
+    is_airflow,
+    needs,
     part_url,
+    parts_of,
     resolve_parts,
+    start_timeout,
+    stop_waves,
 )
 from continuous_training.ops.stack.process import (
     _LAUNCHED,
@@ -47,7 +50,7 @@ from continuous_training.ops.stack.process import (
     port_in_use,
 )
 from continuous_training.ops.stack.secrets import check_stack_secrets
-from continuous_training.settings import Settings, load_settings
+from continuous_training.settings import DEPLOYMENTS, TRAINING_POOL, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +81,36 @@ def _airflow_version() -> str:
     return version("apache-airflow")
 
 
+def _metadata_db_exists(settings: Settings) -> bool:
+    """Whether the metadata DB has Airflow's tables (the SQLite file, or ``alembic_version`` in PostgreSQL)."""
+    if not settings.cluster:
+        return (settings.airflow_home / "airflow.db").exists()
+    import psycopg2
+
+    from continuous_training.ops.stack.cluster import database_url
+
+    try:
+        with (
+            contextlib.closing(psycopg2.connect(database_url(settings, "airflow", driver="postgresql"))) as conn,
+            conn.cursor() as cur,
+        ):
+            cur.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL")
+            return bool(cur.fetchone()[0])
+    except psycopg2.Error:
+        return False
+
+
 def _migrate_airflow_db(settings: Settings, env: dict[str, str]) -> None:
     """``airflow db migrate`` unless this Airflow version already migrated this DB (marker file)."""
     home = settings.airflow_home
     marker = home / ".ct-db-migrated"
-    wanted = _airflow_version()
-    if (home / "airflow.db").exists() and marker.exists() and marker.read_text().strip() == wanted:
+    wanted = f"{_airflow_version()} {settings.deployment}"
+    if marker.exists() and marker.read_text().strip() == wanted and _metadata_db_exists(settings):
         return
     home.mkdir(parents=True, exist_ok=True)
     path = log_file(settings, "airflow-db-migrate")
-    log.info("airflow: migrating the metadata DB %s (about 15 s) ...", home / "airflow.db")
+    where = "PostgreSQL database airflow" if settings.cluster else home / "airflow.db"
+    log.info("airflow: migrating the metadata DB %s (about 15-20 s) ...", where)
     started = time.monotonic()
     with open(path, "ab") as out:
         out.write(f"\n==== {datetime.now(UTC).isoformat()} airflow db migrate\n".encode())
@@ -117,12 +140,95 @@ def _migrate_airflow_db(settings: Settings, env: dict[str, str]) -> None:
     log.info("airflow: metadata DB migrated in %.1f s", time.monotonic() - started)
 
 
+def _ensure_pools(settings: Settings) -> None:
+    """Create the one-slot training pool (or reset it to one slot) through the REST API.
+
+    A task whose pool does not exist is never scheduled, so the pool exists before any DAG runs.
+    """
+    from continuous_training.ops.airflow_client import AirflowClient
+    from continuous_training.ops.stack.secrets import ADMIN_USER, airflow_password
+
+    body = {
+        "name": TRAINING_POOL,
+        "slots": 1,
+        "description": "One training at a time across DAG runs and workers (created by ct stack up).",
+        "include_deferred": False,
+    }
+    with AirflowClient(settings.airflow_url, ADMIN_USER, airflow_password(settings)) as client:
+        resp = client._request("POST", "/api/v2/pools", json=body, ok=(409,))
+        if resp.status_code == 409:
+            client._request("PATCH", f"/api/v2/pools/{TRAINING_POOL}", json=body)
+    log.info("airflow: pool %s has 1 slot", TRAINING_POOL)
+
+
 def _on_healthy(settings: Settings, part: str) -> None:
-    """What follows a part's first healthy answer: MLflow's accounts, the execution API's warm-up."""
-    if part == "mlflow":
+    """What follows a part's first healthy answer: databases, MLflow's accounts, the API's warm-up, pools."""
+    if part == "postgres":
+        provision_databases(settings)
+    elif part == "mlflow":
         provision(settings)
     elif part == "airflow-api-server":
         _warm_execution_api(settings)
+        _ensure_pools(settings)
+
+
+def _prepare(settings: Settings, part: str, env: dict[str, str]) -> None:
+    """What a part needs on disk or in a database before its process starts."""
+    if part == "postgres":
+        from continuous_training.ops.stack.cluster import init_postgres
+
+        init_postgres(settings, log_file(settings, part))
+    elif part == "redis":
+        from continuous_training.ops.stack.cluster import write_redis_config
+
+        write_redis_config(settings)
+    elif part == "airflow-api-server":
+        if settings.cluster and settings.postgres_url:
+            provision_databases(settings)  # no postgres part does it
+        _migrate_airflow_db(settings, env)
+
+
+def deployment_file(settings: Settings) -> Path:
+    """``<home>/run/deployment``: the mode (``embedded``/``cluster``) of the stack ``up`` last started."""
+    return settings.run_dir / "deployment"
+
+
+def recorded_deployment(settings: Settings) -> str | None:
+    """The mode recorded by the last ``up`` in this state directory, if any."""
+    try:
+        mode = deployment_file(settings).read_text().strip()
+    except OSError:
+        return None
+    return mode if mode in DEPLOYMENTS else None
+
+
+def stack_settings(settings: Settings | None = None, *, cluster: bool = False) -> Settings:
+    """The settings of the stack in ``CT_HOME``: ``--cluster``, else ``CT_DEPLOYMENT``, else the recorded mode.
+
+    So ``ct stack status`` and ``ct stack down`` act on the stack ``ct stack up --cluster`` started
+    without being told the mode again.
+    """
+    settings = settings or load_settings()
+    if cluster:
+        return replace(settings, deployment="cluster")
+    if not settings.deployment_given:
+        recorded = recorded_deployment(settings)
+        if recorded and recorded != settings.deployment:
+            return replace(settings, deployment=recorded)
+    return settings
+
+
+def _refuse_other_mode(settings: Settings) -> None:
+    recorded = recorded_deployment(settings)
+    if recorded is None or recorded == settings.deployment:
+        return
+    other = replace(settings, deployment=recorded)
+    running = [part for part in parts_of(other) if _running_pid(other, part) is not None]
+    if running:
+        raise StackError(
+            f"the stack in {settings.home} runs in {recorded} mode ({', '.join(running)}); "
+            f"stop it first (`ct stack down`) or use another CT_HOME for the {settings.deployment} stack"
+        )
 
 
 def stack_up(settings: Settings | None = None, parts: Iterable[str] | None = None) -> None:
@@ -142,8 +248,10 @@ def stack_up(settings: Settings | None = None, parts: Iterable[str] | None = Non
             short or a well-known default (nothing is started then).
     """
     settings = settings or load_settings()
-    selected = resolve_parts(parts)
+    selected = resolve_parts(parts, settings)
     check_stack_secrets(settings)
+    if settings.cluster:
+        cluster_secrets(settings)  # generated, and checked like the others, before anything starts
     started_at = time.monotonic()
     # The mail folder is the sink's to create: a failure there shows in its own log.
     for path in (
@@ -158,27 +266,29 @@ def stack_up(settings: Settings | None = None, parts: Iterable[str] | None = Non
         except OSError as exc:
             raise StackError(f"cannot create the state folder {path}: {exc}") from exc
     with _stack_lock(settings):
+        _refuse_other_mode(settings)
+        deployment_file(settings).write_text(settings.deployment + "\n")
         env_cache: dict[str, dict[str, str]] = {}
         pids: dict[str, int] = {}
         deadlines: dict[str, float] = {}
         healthy: set[str] = set()
         for part in selected:
-            for need in _NEEDS.get(part, ()):
+            for need in needs(settings, part):
                 if need in healthy:
                     continue
                 if need not in pids:
                     running = _running_pid(settings, need)
                     if running is not None:
                         pids[need] = running
-                        deadlines[need] = time.monotonic() + START_TIMEOUT_S[need]
+                        deadlines[need] = time.monotonic() + start_timeout(need)
                 if need in pids:
                     _wait_healthy(settings, [need], pids, deadlines)
                     healthy.add(need)
                     _on_healthy(settings, need)
-                elif need in AIRFLOW_PARTS:
+                elif is_airflow(need) or need in ("postgres", "redis"):
                     raise StackError(
                         f"stack part {part!r} needs {need!r} running; start it too "
-                        f"(`ct stack up --parts airflow`)"
+                        f"(`ct stack up --parts {need}`)"
                     )
                 else:
                     log.warning("%s: %s is not running; starting anyway", part, need)
@@ -193,11 +303,10 @@ def stack_up(settings: Settings | None = None, parts: Iterable[str] | None = Non
                         f"another process (not one this stack started; see `ss -ltnp 'sport = :{spec.port}'`). "
                         f"Stop it or choose another port (CT_{_port_var(part)}). Log: {log_file(settings, part)}"
                     )
-                if part == "airflow-api-server":
-                    _migrate_airflow_db(settings, spec.env)
+                _prepare(settings, part, spec.env)
                 pid = _launch(settings, spec)
             pids[part] = pid
-            deadlines[part] = time.monotonic() + START_TIMEOUT_S[part]
+            deadlines[part] = time.monotonic() + start_timeout(part)
         rest = [p for p in selected if p not in healthy]
         _wait_healthy(settings, rest, pids, deadlines)
         for part in rest:
@@ -267,13 +376,13 @@ def stack_down(settings: Settings | None = None, parts: Iterable[str] | None = N
         StackError: a process survived SIGKILL, or a part name is unknown.
     """
     settings = settings or load_settings()
-    chosen = set(resolve_parts(parts))
+    chosen = set(resolve_parts(parts, settings))
     if not settings.run_dir.is_dir():
         log.info("stack down: nothing to stop (no %s)", settings.run_dir)
         return
     started = time.monotonic()
     with _stack_lock(settings):
-        for wave in _STOP_WAVES:
+        for wave in stop_waves(settings):
             _stop_wave(settings, [p for p in wave if p in chosen])
     log.info("stack down: done in %.1f s", time.monotonic() - started)
 
@@ -289,10 +398,11 @@ def stack_status(settings: Settings | None = None) -> dict[str, dict]:
         "health": str, "log": str}``; a stale pid file is removed on the way.
     """
     settings = settings or load_settings()
-    pids = {part: _running_pid(settings, part) for part in PARTS}
+    every = parts_of(settings)
+    pids = {part: _running_pid(settings, part) for part in every}
     airflow = airflow_health(settings) if pids["airflow-api-server"] is not None else None
     result: dict[str, dict] = {}
-    for part in PARTS:
+    for part in every:
         pid = pids[part]
         if pid is None:
             healthy, detail = False, "not running"

@@ -50,7 +50,7 @@ def service_env(settings: Settings) -> dict[str, str]:
     Returns:
         Variable name -> value (not merged with ``os.environ``).
     """
-    return {
+    env = {
         "CT_HOME": str(settings.home),
         "CT_LAKE": str(settings.lake),
         "CT_CONFIG_DIR": str(settings.config_dir),
@@ -69,6 +69,21 @@ def service_env(settings: Settings) -> dict[str, str]:
         # trusted types (continuous_training.modelstore).
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
     }
+    env["CT_DEPLOYMENT"] = settings.deployment
+    env["CT_SECRETS_DIR"] = str(settings.secrets_dir)
+    if settings.cluster:
+        env.update(
+            {
+                "CT_POSTGRES_PORT": str(settings.postgres_port),
+                "CT_REDIS_PORT": str(settings.redis_port),
+                "CT_CELERY_WORKERS": str(settings.celery_workers),
+                "CT_WORKER_CONCURRENCY": str(settings.worker_concurrency),
+                "CT_DAGS_REPO": settings.dags_repo,
+                "CT_DAGS_REF": settings.dags_ref,
+                "CT_DAGS_SUBDIR": settings.dags_subdir,
+            }
+        )
+    return env
 
 
 def pipeline_client_env(settings: Settings) -> dict[str, str]:
@@ -117,11 +132,74 @@ def smtp_connection(settings: Settings) -> dict[str, Any]:
     }
 
 
+#: The name of the cluster's DAG bundle and of the git connection it reads through.
+DAG_BUNDLE = "ct-dags"
+GIT_CONN_ID = "ct_git"
+
+
+def dag_bundles(settings: Settings) -> list[dict[str, Any]]:
+    """``[dag_processor] dag_bundle_config_list`` of the cluster: the DAGs of a git repository.
+
+    Airflow's ``GitDagBundle`` clones ``CT_DAGS_REPO`` (through the connection :data:`GIT_CONN_ID`,
+    whose host is the repository) and tracks ``CT_DAGS_REF``; each DAG run records the commit it ran
+    as its bundle version, and a new commit becomes a new DAG version at the next refresh.
+    """
+    return [
+        {
+            "name": DAG_BUNDLE,
+            "classpath": "airflow.providers.git.bundles.git.GitDagBundle",
+            "kwargs": {
+                "git_conn_id": GIT_CONN_ID,
+                "tracking_ref": settings.dags_ref,
+                "subdir": settings.dags_subdir,
+                "refresh_interval": DAG_REFRESH_S,
+            },
+        }
+    ]
+
+
+#: Seconds between looks for new DAG files (embedded) or new commits (cluster); Airflow's default is 300.
+DAG_REFRESH_S = 20
+
+
+def _embedded_config(settings: Settings) -> dict[str, str]:
+    home = settings.airflow_home
+    return {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder),
+        # Four slashes: SQLAlchemy needs an absolute path here, a relative one breaks per cwd.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{(home / 'airflow.db').resolve()}",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # LocalExecutor pre-forks this many workers; 32 (the default) is too many for 2 cores.
+        "AIRFLOW__CORE__PARALLELISM": "4",
+    }
+
+
+def _cluster_config(settings: Settings) -> dict[str, str]:
+    """What differs in the cluster: the executor, DAGs from git, worker names (no secret here)."""
+    return {
+        # The dag-processor reads the git bundle; the folder stays set for `airflow dags` commands.
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder),
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        # Task slots the schedulers hand out at once across the workers.
+        "AIRFLOW__CORE__PARALLELISM": str(max(4, settings.celery_workers * settings.worker_concurrency)),
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(settings.worker_concurrency),
+        # Each part records its own name (worker-1, scheduler-2, ...) instead of the shared FQDN.
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "continuous_training.ops.hostname.hostname",
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(dag_bundles(settings)),
+        # Without it bundles are cloned into a folder shared by every Airflow under the system's temp dir.
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(settings.airflow_home / "dag_bundles"),
+        f"AIRFLOW_CONN_{GIT_CONN_ID.upper()}": json.dumps({"conn_type": "git", "host": settings.dags_repo}),
+    }
+
+
 def airflow_config(settings: Settings) -> dict[str, str]:
-    """The Airflow configuration of the embedded stack, without the secrets and the SMTP connection.
+    """The Airflow configuration of the stack, without the secrets and the SMTP connection.
 
     Pure: nothing is read, written or generated, so this is data (the same settings always give the
-    same dict). The only filesystem lookup is resolving the SQLite path, which creates nothing.
+    same dict). The only filesystem lookup is resolving the SQLite path, which creates nothing. The
+    two deployment modes differ only in the keys of :func:`_embedded_config` and
+    :func:`_cluster_config`; in the cluster the database and broker URLs hold passwords, so
+    :func:`airflow_env` adds them.
 
     Args:
         settings: the stack settings.
@@ -130,16 +208,10 @@ def airflow_config(settings: Settings) -> dict[str, str]:
         Variable name -> value: ``AIRFLOW_HOME``, the non-secret ``AIRFLOW__*`` settings,
         ``PYTHONPYCACHEPREFIX`` and :func:`service_env`.
     """
-    home = settings.airflow_home
     env = {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder),
+        "AIRFLOW_HOME": str(settings.airflow_home),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.plugins_folder),
-        # Four slashes: SQLAlchemy needs an absolute path here, a relative one breaks per cwd.
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{(home / 'airflow.db').resolve()}",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        # LocalExecutor pre-forks this many workers; 32 (the default) is too many for 2 cores.
-        "AIRFLOW__CORE__PARALLELISM": "4",
+        **(_cluster_config(settings) if settings.cluster else _embedded_config(settings)),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         # Error responses of the API server carry no stack trace, and /config shows nothing.
         "AIRFLOW__API__EXPOSE_STACKTRACE": "False",
@@ -154,12 +226,22 @@ def airflow_config(settings: Settings) -> dict[str, str]:
         ),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file(settings)),
-        # Look for new DAG files every 20 s instead of every 5 minutes.
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "20",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(DAG_REFRESH_S),
         "PYTHONPYCACHEPREFIX": str(settings.pycache_dir),
     }
     env.update(service_env(settings))
     return env
+
+
+def cluster_secret_env(settings: Settings) -> dict[str, str]:
+    """The cluster's URLs that hold passwords: metadata DB, Celery broker and result backend."""
+    from continuous_training.ops.stack.cluster import broker_url, database_url
+
+    return {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url(settings, "airflow"),
+        "AIRFLOW__CELERY__BROKER_URL": broker_url(settings),
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + database_url(settings, "airflow"),
+    }
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -181,6 +263,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     """
     # Secrets first, as before the split: a bad secrets file fails before the policy is read.
     secret = secret_env(settings)
+    if settings.cluster:
+        secret.update(cluster_secret_env(settings))
     return {
         **airflow_config(settings),
         **secret,
@@ -192,6 +276,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
 
 def _process_env(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
+    # An administrator's login to a shared PostgreSQL is for `ct stack` alone, never for its parts.
+    env.pop("CT_POSTGRES_URL", None)
     # With PYTHONDONTWRITEBYTECODE set, PYTHONPYCACHEPREFIX alone writes no cache at all, and
     # every start re-compiles airflow/mlflow (import airflow: ~8 s instead of ~3.5 s).
     env.pop("PYTHONDONTWRITEBYTECODE", None)

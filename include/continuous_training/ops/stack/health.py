@@ -13,7 +13,13 @@ from typing import Any
 
 from continuous_training.ops.stack.env import _local_url
 from continuous_training.ops.stack.errors import StackError
-from continuous_training.ops.stack.parts import AIRFLOW_PARTS, PARTS, START_TIMEOUT_S
+from continuous_training.ops.stack.parts import (
+    is_airflow,
+    part_kind,
+    parts_of,
+    process_name,
+    start_timeout,
+)
 from continuous_training.ops.stack.process import (
     _LOG_TAIL_LINES,
     _exit_code,
@@ -33,6 +39,93 @@ _HEALTH_KEY = {
     "airflow-dag-processor": "dag_processor",
     "airflow-triggerer": "triggerer",
 }
+#: The ``job`` table's type of each Airflow part that heartbeats there.
+_JOB_TYPE = {
+    "airflow-scheduler": "SchedulerJob",
+    "airflow-dag-processor": "DagProcessorJob",
+    "airflow-triggerer": "TriggererJob",
+}
+#: A job whose newest heartbeat is older than this is not healthy (Airflow's own threshold is 30 s).
+JOB_HEARTBEAT_MAX_AGE_S = 30.0
+#: Probes of the cluster shared by the parts of one health round (seconds they stay fresh).
+_PROBE_TTL_S = 1.0
+_probes: dict[str, tuple[float, Any]] = {}
+
+
+def _cached(key: str, probe) -> Any:
+    now = time.monotonic()
+    hit = _probes.get(key)
+    if hit is not None and now - hit[0] < _PROBE_TTL_S:
+        return hit[1]
+    value = probe()
+    _probes[key] = (time.monotonic(), value)
+    return value
+
+
+def _job_heartbeats(settings: Settings) -> dict[tuple[str, str], float] | str:
+    """(job type, host name) -> seconds since the newest heartbeat of a running job; or why not known.
+
+    The API server's health document has one entry per component type (the newest heartbeat of any
+    scheduler), so with two schedulers it cannot tell one dead from both alive; each part of the
+    cluster records its own host name (:mod:`continuous_training.ops.hostname`), so the ``job``
+    table can.
+    """
+    import psycopg2
+
+    from continuous_training.ops.stack.cluster import database_url
+
+    url = database_url(settings, "airflow", driver="postgresql")
+    try:
+        with contextlib.closing(psycopg2.connect(url, connect_timeout=3)) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT job_type, hostname, EXTRACT(EPOCH FROM (now() - max(latest_heartbeat))) "
+                "FROM job WHERE state = 'running' GROUP BY job_type, hostname"
+            )
+            return {(row[0], row[1]): float(row[2]) for row in cur.fetchall()}
+    except psycopg2.Error as exc:
+        return f"cannot read Airflow's job table ({type(exc).__name__})"
+
+
+def _celery_workers(settings: Settings) -> set[str] | str:
+    """Names of the Celery workers answering a ping through the broker (``worker-1``, ...)."""
+    from celery import Celery
+
+    from continuous_training.ops.stack.cluster import broker_url
+
+    app = Celery(broker=broker_url(settings))
+    try:
+        replies = app.control.ping(timeout=1.0) or []
+    except Exception as exc:  # kombu raises its own and the transport's errors
+        return f"no answer through the broker ({type(exc).__name__})"
+    finally:
+        app.close()
+    return {name.split("@", 1)[0] for reply in replies for name in reply}
+
+
+def _cluster_part_health(settings: Settings, part: str) -> tuple[bool, str] | None:
+    """Health of the parts the cluster has beyond the embedded ones (None: not such a part)."""
+    from continuous_training.ops.stack import cluster
+
+    kind = part_kind(part)
+    if part == "postgres":
+        return cluster.postgres_health(settings)
+    if part == "redis":
+        return cluster.redis_health(settings)
+    if kind == "airflow-worker":
+        workers = _cached("workers", lambda: _celery_workers(settings))
+        if isinstance(workers, str):
+            return False, workers
+        name = process_name(part)
+        return name in workers, f"celery ping {'answered' if name in workers else 'not answered'} by {name}"
+    if kind in _JOB_TYPE:
+        jobs = _cached("jobs", lambda: _job_heartbeats(settings))
+        if isinstance(jobs, str):
+            return False, jobs
+        age = jobs.get((_JOB_TYPE[kind], process_name(part)))
+        if age is None:
+            return False, f"no running {_JOB_TYPE[kind]} of {process_name(part)}"
+        return age < JOB_HEARTBEAT_MAX_AGE_S, f"{_JOB_TYPE[kind]} heartbeat {age:.0f} s ago"
+    return None
 
 
 def _http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes] | None:
@@ -81,6 +174,10 @@ def airflow_health(settings: Settings) -> dict[str, Any] | None:
 
 def _part_health(settings: Settings, part: str, airflow: dict[str, Any] | None) -> tuple[bool, str]:
     """(healthy, detail) of one part; ``airflow`` is the API health JSON, fetched once per round."""
+    if settings.cluster:
+        found = _cluster_part_health(settings, part)
+        if found is not None:
+            return found
     if part == "smtp":
         return _smtp_health(settings.host, settings.smtp_port)
     if part == "mlflow":
@@ -108,7 +205,7 @@ def _part_health(settings: Settings, part: str, airflow: dict[str, Any] | None) 
             status = None
         # "no_model" is up too: the endpoint answers, it just has no champion to serve yet.
         return got[0] == 200 and status in ("ok", "no_model"), f"/health {got[0]} status={status}"
-    raise StackError(f"unknown stack part {part!r}; expected one of {list(PARTS)}")
+    raise StackError(f"unknown stack part {part!r}; expected one of {list(parts_of(settings))}")
 
 
 def _warm_execution_api(settings: Settings) -> None:
@@ -128,7 +225,7 @@ def _wait_healthy(
     """Wait until every part in ``parts`` is healthy; raise naming the first part that is not."""
     pending = list(parts)
     while pending:
-        airflow = airflow_health(settings) if any(p in AIRFLOW_PARTS for p in pending) else None
+        airflow = airflow_health(settings) if any(is_airflow(p) for p in pending) else None
         now = time.monotonic()
         for part in list(pending):
             pid = pids[part]
@@ -148,7 +245,7 @@ def _wait_healthy(
                 raise _fail(settings, part, reason)
             if now > deadlines[part]:
                 raise _fail(
-                    settings, part, f"not healthy after {START_TIMEOUT_S[part]:.0f} s (last check: {detail})"
+                    settings, part, f"not healthy after {start_timeout(part):.0f} s (last check: {detail})"
                 )
         if pending:
             time.sleep(0.5)

@@ -19,6 +19,7 @@ Accounts (passwords in ``<secrets>/mlflow.json``, see :mod:`continuous_training.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,24 +48,36 @@ def auth_config_file(settings: Settings) -> Path:
 
 
 def write_auth_config(settings: Settings) -> Path:
-    """Write the basic-auth app's configuration (no secret in it; rewritten at every start).
+    """Write the basic-auth app's configuration (rewritten at every start, mode 0600).
+
+    In the cluster its ``database_uri`` is the PostgreSQL database ``mlflow_auth`` and holds that
+    role's password; the admin password is never in it.
 
     Returns:
         The file's path.
     """
     path = auth_config_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = (settings.mlflow_dir / "auth.db").resolve()
-    path.write_text(
+    if settings.cluster:
+        from continuous_training.ops.stack.cluster import database_url
+
+        db_uri = database_url(settings, "mlflow_auth")
+    else:
+        db_uri = f"sqlite:///{(settings.mlflow_dir / 'auth.db').resolve()}"
+    text = (
         "# Written by `ct stack up`; edits are overwritten. The admin password is not here: it is read\n"
         "# from MLFLOW_AUTH_ADMIN_PASSWORD on the first start only (see <secrets>/mlflow.json).\n"
         "[mlflow]\n"
         f"default_permission = {DEFAULT_PERMISSION}\n"
-        f"database_uri = sqlite:///{db}\n"
+        f"database_uri = {db_uri}\n"
         f"admin_username = {MLFLOW_ADMIN}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "grant_default_workspace_access = false\n"
     )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    path.chmod(0o600)
     return path
 
 

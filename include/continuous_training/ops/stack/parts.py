@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from continuous_training.credentials import MLFLOW_ENDPOINT, mlflow_client_env
+from continuous_training.ops.hostname import PROCESS_NAME_VAR
+from continuous_training.ops.stack.cluster import database_url, postgres_command, redis_command
 from continuous_training.ops.stack.env import (
     _local_url,
     _process_env,
@@ -16,8 +18,12 @@ from continuous_training.ops.stack.env import (
 )
 from continuous_training.ops.stack.errors import StackError
 from continuous_training.ops.stack.mlflow_auth import server_args, server_env
-from continuous_training.settings import Settings
+from continuous_training.settings import TRAINING_QUEUE, Settings
 
+#: Airflow's ``[operators] default_queue``: every task not sent elsewhere.
+DEFAULT_QUEUE = "default"
+
+#: The parts of the embedded stack, in start order.
 PARTS = (
     "smtp",
     "mlflow",
@@ -28,40 +34,123 @@ PARTS = (
     "endpoint",
 )
 AIRFLOW_PARTS = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
-#: Shorthands accepted by :func:`~continuous_training.ops.stack.control.stack_up`'s ``parts``.
-ALIASES = {"airflow": AIRFLOW_PARTS, "all": PARTS}
+#: Airflow's schedulers in the cluster (HA on PostgreSQL: they share the work through row locks).
+CLUSTER_SCHEDULERS = 2
 
-#: Seconds a part may take to become healthy. Generous: a cold API server (no bytecode cache) took
-#: 60-70 s on 2 cores, and the others start while it does.
+
+def parts_of(settings: Settings) -> tuple[str, ...]:
+    """The parts of the deployment ``settings`` describe, in start order.
+
+    Embedded: :data:`PARTS`. Cluster: the SMTP sink, PostgreSQL (unless ``CT_POSTGRES_URL`` names a
+    running server), Redis, MLflow, Airflow's API server, two schedulers, dag-processor, triggerer,
+    ``CT_CELERY_WORKERS`` Celery workers, and the endpoint.
+    """
+    if not settings.cluster:
+        return PARTS
+    return (
+        "smtp",
+        *(() if settings.postgres_url else ("postgres",)),
+        "redis",
+        "mlflow",
+        "airflow-api-server",
+        *(f"airflow-scheduler-{i}" for i in range(1, CLUSTER_SCHEDULERS + 1)),
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        *(f"airflow-worker-{i}" for i in range(1, settings.celery_workers + 1)),
+        "endpoint",
+    )
+
+
+def part_kind(part: str) -> str:
+    """What a part is, without its number: ``airflow-worker-2`` -> ``airflow-worker``."""
+    head, _, tail = part.rpartition("-")
+    return head if tail.isdigit() and head else part
+
+
+def is_airflow(part: str) -> bool:
+    return part.startswith("airflow-")
+
+
+def process_name(part: str) -> str:
+    """The name a part records as its host name in Airflow (``worker-1``, ``scheduler-2``, ...)."""
+    return part.removeprefix("airflow-")
+
+
+#: Seconds a part may take to become healthy, by kind. Generous: a cold API server (no bytecode
+#: cache) took 60-70 s on 2 cores, and the others start while it does.
 START_TIMEOUT_S = {
     "smtp": 30.0,
+    "postgres": 60.0,
+    "redis": 30.0,
     "mlflow": 180.0,
     "airflow-api-server": 300.0,
     "airflow-scheduler": 240.0,
     "airflow-dag-processor": 240.0,
     "airflow-triggerer": 240.0,
+    "airflow-worker": 240.0,
     "endpoint": 180.0,
 }
-#: Parts a part needs healthy before it may start (the scheduler must not start before the
-#: execution API listens, or tasks fail with Errno 111; the endpoint loads its model from MLflow).
-_NEEDS = {
-    "airflow-scheduler": ("airflow-api-server",),
-    "airflow-dag-processor": ("airflow-api-server",),
-    "airflow-triggerer": ("airflow-api-server",),
-    "endpoint": ("mlflow",),
-}
-#: Parts a stop wave handles together: workers first, then the servers they talk to.
-_STOP_WAVES = (
-    ("endpoint", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"),
-    ("airflow-api-server", "mlflow", "smtp"),
+
+
+def start_timeout(part: str) -> float:
+    return START_TIMEOUT_S[part_kind(part)]
+
+
+def needs(settings: Settings, part: str) -> tuple[str, ...]:
+    """Parts that must be healthy before ``part`` starts.
+
+    The scheduler must not start before the execution API listens (tasks failed with Errno 111); the
+    endpoint loads its model from MLflow; in the cluster, the API server's migration and MLflow need
+    PostgreSQL, and whatever queues or runs tasks needs Redis.
+    """
+    kind = part_kind(part)
+    data = ("postgres",) if settings.cluster and not settings.postgres_url else ()
+    broker = ("redis",) if settings.cluster else ()
+    if kind == "airflow-api-server":
+        return data
+    if kind == "mlflow":
+        return data
+    if kind in ("airflow-scheduler", "airflow-worker"):
+        return ("airflow-api-server", *broker)
+    if kind in ("airflow-dag-processor", "airflow-triggerer"):
+        return ("airflow-api-server",)
+    if kind == "endpoint":
+        return ("mlflow",)
+    return ()
+
+
+def stop_waves(settings: Settings) -> tuple[tuple[str, ...], ...]:
+    """Parts a stop handles together: workers first, then the servers they use, data services last."""
+    parts = parts_of(settings)
+    servers = {"airflow-api-server", "mlflow", "smtp"}
+    data = {"postgres", "redis"}
+    return (
+        tuple(p for p in parts if p not in servers | data),
+        tuple(p for p in parts if p in servers),
+        tuple(p for p in parts if p in data),
+    )
+
+
+class _Markers(dict):
+    """Part -> a word every process of the part has in its command line (looked up by kind)."""
+
+    def __missing__(self, part: str) -> str:
+        return super().__getitem__(part_kind(part))
+
+
+#: Guards against a recycled pid.
+_CMDLINE_MARKER = _Markers(
+    {
+        "smtp": "continuous_training.ops.mailsink",
+        "postgres": "postgres",
+        "redis": "redis-server",
+        "mlflow": "mlflow",
+        "endpoint": "uvicorn",
+        **{kind: "airflow" for kind in START_TIMEOUT_S if kind.startswith("airflow-")},
+        # Celery retitles its processes ("[celeryd: worker-1@host:MainProcess] ... (celery worker ...)").
+        "airflow-worker": "celery worker",
+    }
 )
-#: A word every process of the part has in its command line; guards against a recycled pid.
-_CMDLINE_MARKER = {
-    "smtp": "continuous_training.ops.mailsink",
-    "mlflow": "mlflow",
-    "endpoint": "uvicorn",
-    **{part: "airflow" for part in AIRFLOW_PARTS},
-}
 
 
 @dataclass(frozen=True)
@@ -77,6 +166,10 @@ def part_url(settings: Settings, part: str) -> str | None:
     """Where a part answers (None for the Airflow parts without a port of their own)."""
     if part == "smtp":
         return f"smtp://{_url_host(settings.host)}:{settings.smtp_port}"
+    if part == "postgres":
+        return f"postgresql://{_url_host(settings.host)}:{settings.postgres_port}"
+    if part == "redis":
+        return f"redis://{_url_host(settings.host)}:{settings.redis_port}"
     port = {
         "mlflow": settings.mlflow_port,
         "airflow-api-server": settings.airflow_port,
@@ -134,6 +227,37 @@ def _part_spec(settings: Settings, name: str, env_cache: dict[str, dict[str, str
             str(settings.mail_dir),
         ]
         return _Part(name, command, env_for("plain"), settings.smtp_port, part_url(settings, name))
+    if name == "postgres":
+        return _Part(
+            name,
+            postgres_command(settings),
+            env_for("plain"),
+            settings.postgres_port,
+            part_url(settings, name),
+        )
+    if name == "redis":
+        return _Part(
+            name, redis_command(settings), env_for("plain"), settings.redis_port, part_url(settings, name)
+        )
+    if name == "mlflow" and settings.cluster:
+        # PostgreSQL holds runs, registry and users (MLFLOW_BACKEND_STORE_URI in env_for: it holds a
+        # password); two workers, which SQLite could not take.
+        command = [
+            str(bindir / "mlflow"),
+            "server",
+            "--host",
+            host,
+            "--port",
+            str(settings.mlflow_port),
+            "--artifacts-destination",
+            str((settings.mlflow_dir / "artifacts").resolve()),
+            "--serve-artifacts",
+            "--workers",
+            "2",
+            *server_args(settings),
+        ]
+        env = {**env_for("mlflow"), "MLFLOW_BACKEND_STORE_URI": database_url(settings, "mlflow")}
+        return _Part(name, command, env, settings.mlflow_port, part_url(settings, name))
     if name == "mlflow":
         db = (settings.mlflow_dir / "mlflow.db").resolve()
         command = [
@@ -163,12 +287,34 @@ def _part_spec(settings: Settings, name: str, env_cache: dict[str, dict[str, str
             str(settings.airflow_port),
         ]
         return _Part(name, command, env_for("airflow"), settings.airflow_port, part_url(settings, name))
-    if name in ("airflow-scheduler", "airflow-triggerer"):
+    kind = part_kind(name)
+    if is_airflow(name) and settings.cluster:
+        # Each part records its own name as its host (see continuous_training.ops.hostname).
+        airflow = {**env_for("airflow"), PROCESS_NAME_VAR: process_name(name)}
+    else:
+        airflow = env_for("airflow")
+    if kind in ("airflow-scheduler", "airflow-triggerer"):
         # The log server binds all interfaces (hard-coded); task logs stay readable via the API.
-        command = [str(bindir / "airflow"), name.removeprefix("airflow-"), "--skip-serve-logs"]
-        return _Part(name, command, env_for("airflow"), None, None)
+        command = [str(bindir / "airflow"), kind.removeprefix("airflow-"), "--skip-serve-logs"]
+        return _Part(name, command, airflow, None, None)
     if name == "airflow-dag-processor":
-        return _Part(name, [str(bindir / "airflow"), "dag-processor"], env_for("airflow"), None, None)
+        return _Part(name, [str(bindir / "airflow"), "dag-processor"], airflow, None, None)
+    if kind == "airflow-worker" and settings.cluster:
+        command = [
+            str(bindir / "airflow"),
+            "celery",
+            "worker",
+            # Celery's own name of the worker (the default, celery@<host>, is the same for both).
+            "--celery-hostname",
+            f"{process_name(name)}@%h",
+            "--queues",
+            f"{DEFAULT_QUEUE},{TRAINING_QUEUE}",
+            "--concurrency",
+            str(settings.worker_concurrency),
+            # Two workers on one host would clash on the log server's port; logs are in one folder.
+            "--skip-serve-logs",
+        ]
+        return _Part(name, command, airflow, None, None)
     if name == "endpoint":
         command = [
             str(bindir / "uvicorn"),
@@ -191,40 +337,54 @@ def _part_spec(settings: Settings, name: str, env_cache: dict[str, dict[str, str
             "--no-access-log",
         ]
         return _Part(name, command, env_for("endpoint"), settings.endpoint_port, part_url(settings, name))
-    raise StackError(f"unknown stack part {name!r}; expected one of {list(PARTS)}")
+    raise StackError(f"unknown stack part {name!r}; expected one of {list(parts_of(settings))}")
 
 
-def resolve_parts(parts: Iterable[str] | None) -> list[str]:
+def aliases(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """Shorthands for a selection of parts: ``airflow``, ``all`` (and ``workers`` in the cluster)."""
+    parts = parts_of(settings)
+    found = {"airflow": tuple(p for p in parts if is_airflow(p)), "all": parts}
+    if settings.cluster:
+        found["workers"] = tuple(p for p in parts if part_kind(p) == "airflow-worker")
+    return found
+
+
+def resolve_parts(parts: Iterable[str] | None, settings: Settings | None = None) -> list[str]:
     """Expand and check a selection of parts, in start order.
 
     Args:
-        parts: part names or aliases (``airflow``, ``all``); None means all parts.
+        parts: part names or aliases (see :func:`aliases`); None means all parts.
+        settings: the deployment (default: the embedded one).
 
     Returns:
-        The selected parts in the order of :data:`PARTS`.
+        The selected parts in the order of :func:`parts_of`.
 
     Raises:
         StackError: a name is neither a part nor an alias.
     """
+    every = parts_of(settings) if settings is not None else PARTS
+    shorthands = aliases(settings) if settings is not None else {"airflow": AIRFLOW_PARTS, "all": PARTS}
     if parts is None:
-        return list(PARTS)
+        return list(every)
     chosen: set[str] = set()
     for name in parts:
         name = name.strip()
-        if name in ALIASES:
-            chosen.update(ALIASES[name])
-        elif name in PARTS:
+        if name in shorthands:
+            chosen.update(shorthands[name])
+        elif name in every:
             chosen.add(name)
         elif name:
             raise StackError(
-                f"unknown stack part {name!r}; expected some of {list(PARTS)} or {sorted(ALIASES)}"
+                f"unknown stack part {name!r}; expected some of {list(every)} or {sorted(shorthands)}"
             )
-    return [p for p in PARTS if p in chosen]
+    return [p for p in every if p in chosen]
 
 
 def _port_var(part: str) -> str:
     return {
         "smtp": "SMTP_PORT",
+        "postgres": "POSTGRES_PORT",
+        "redis": "REDIS_PORT",
         "mlflow": "MLFLOW_PORT",
         "airflow-api-server": "AIRFLOW_PORT",
         "endpoint": "ENDPOINT_PORT",
