@@ -8,7 +8,7 @@ export PYTHONPYCACHEPREFIX ?= $(CURDIR)/.ct/pycache
 # With PYTHONDONTWRITEBYTECODE set no cache is written at all, prefix or not.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install lock demo test test-e2e bench bench-quick lint format stack-up stack-down stack-status clean
+.PHONY: install lock demo demo-cluster test test-e2e test-cluster bench bench-quick lint format stack-up stack-down stack-status clean
 
 install: $(VENV)/.installed
 
@@ -25,11 +25,17 @@ lock:  ## re-resolve requirements.in into requirements.lock
 demo: install
 	$(BIN)/ct demo
 
+demo-cluster: install
+	$(BIN)/ct demo --cluster
+
 test: install
 	$(BIN)/pytest
 
 test-e2e: install
 	$(BIN)/pytest -m e2e
+
+test-cluster: install  ## the cluster (Celery, PostgreSQL, Redis) under load and failures (~25 min)
+	$(BIN)/pytest -m cluster tests/cluster
 
 bench: install  ## every benchmark beside its anchor; table + bench/results/*.json (~15 min)
 	$(BIN)/python -m bench

@@ -79,12 +79,23 @@ class Traffic:
 
 
 def run(ctx: BenchContext) -> list[Figure]:
+    from continuous_training.settings import load_settings
+
+    return measure(ctx, load_settings())
+
+
+def measure(ctx: BenchContext, settings, bench: str = "loop", where: str = "") -> list[Figure]:
+    """The demo on the stack of ``settings`` with traffic through its drift phase; the stack is stopped after.
+
+    Args:
+        ctx: the bench context.
+        settings: the stack (the process's environment must describe the same one: the demo reads it).
+        bench, where: the figures' benchmark name and a suffix naming the deployment.
+    """
     from continuous_training.ops.demo import DemoPlan, DemoState, run_demo
     from continuous_training.ops.simulate import SimulatorConfig, client_requests, to_json_rows
     from continuous_training.ops.stack import stack_down
-    from continuous_training.settings import load_settings
 
-    settings = load_settings()
     plan = DemoPlan()
     sim = SimulatorConfig(seed=plan.seed + 1, drift_from=plan.drift_from)
     rows = to_json_rows(client_requests(plan.drift_from, sim))
@@ -140,8 +151,8 @@ def run(ctx: BenchContext) -> list[Figure]:
         }
         return [
             Figure(
-                "loop",
-                "first drifted batch landing -> new champion serving",
+                bench,
+                "first drifted batch landing -> new champion serving" + where,
                 "s",
                 seconds,
                 goal="< 300 s",
@@ -150,8 +161,8 @@ def run(ctx: BenchContext) -> list[Figure]:
                 detail=detail,
             ),
             Figure(
-                "loop",
-                f"failed requests through the swap (of {len(traffic.answers)})",
+                bench,
+                f"failed requests through the swap (of {len(traffic.answers)})" + where,
                 "count",
                 failed,
                 goal="0",
@@ -161,4 +172,4 @@ def run(ctx: BenchContext) -> list[Figure]:
         ]
     finally:
         # The other benchmarks want a quiet machine; the serving benchmark restarts MLflow on this home.
-        stack_down()
+        stack_down(settings)

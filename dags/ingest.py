@@ -26,7 +26,7 @@ import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from continuous_training.adapter.assets import VALIDATED_DATA
-from continuous_training.adapter.defaults import default_args
+from continuous_training.adapter.defaults import default_args, task_timeout
 
 
 @dag(
@@ -49,7 +49,7 @@ from continuous_training.adapter.defaults import default_args
     },
 )
 def ingest() -> None:
-    @task
+    @task(execution_timeout=task_timeout("ingest", "stage_partition"))
     def stage_partition(
         params: dict[str, Any] | None = None, data_interval_start: Any = None
     ) -> dict[str, Any]:
@@ -59,19 +59,19 @@ def ingest() -> None:
         day = steps.resolve_day((params or {}).get("day"), data_interval_start)
         return steps.stage_partition(day)
 
-    @task
+    @task(execution_timeout=task_timeout("ingest", "validate_partition"))
     def validate_partition(staged: dict[str, Any]) -> dict[str, Any]:
         """Run the Great Expectations suite; the full result is kept in the lake, a summary goes to XCom."""
         from continuous_training.adapter import steps
 
         return steps.validate_partition(staged)
 
-    @task.branch
+    @task.branch(execution_timeout=task_timeout("ingest", "route"))
     def route(validation: dict[str, Any]) -> str:
         """Publish a passing batch, quarantine a failing one."""
         return "publish" if validation["success"] else "quarantine"
 
-    @task(outlets=[VALIDATED_DATA])
+    @task(outlets=[VALIDATED_DATA], execution_timeout=task_timeout("ingest", "publish"))
     def publish(validation: dict[str, Any], outlet_events: Any = None) -> dict[str, Any]:
         """Publish `validated/dt=<day>` and emit the Asset event."""
         from continuous_training.adapter import steps
@@ -80,7 +80,7 @@ def ingest() -> None:
         outlet_events[VALIDATED_DATA].extra = {k: manifest[k] for k in ("day", "sha256", "rows", "path")}
         return manifest
 
-    @task
+    @task(execution_timeout=task_timeout("ingest", "quarantine"))
     def quarantine(validation: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
         """Keep the bad batch in quarantine and mail on-call what failed."""
         from continuous_training.adapter import steps

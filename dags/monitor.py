@@ -29,7 +29,7 @@ import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
-from continuous_training.adapter.defaults import default_args
+from continuous_training.adapter.defaults import default_args, task_timeout
 
 
 @dag(
@@ -66,40 +66,40 @@ from continuous_training.adapter.defaults import default_args
     },
 )
 def monitor() -> None:
-    @task
+    @task(execution_timeout=task_timeout("monitor", "collect_served"))
     def collect_served(params: dict[str, Any] | None = None, dag_run: Any = None) -> dict[str, Any]:
         """Snapshot what the endpoint served with the champion in the window."""
         from continuous_training.adapter import steps
 
         return steps.collect_served(params or {}, dag_run)
 
-    @task.short_circuit
+    @task.short_circuit(execution_timeout=task_timeout("monitor", "enough_rows"))
     def enough_rows(collected: dict[str, Any]) -> bool:
         """Too few served rows are not judged (the log says how many)."""
         from continuous_training.adapter import steps
 
         return steps.enough_rows(collected)
 
-    @task
+    @task(execution_timeout=task_timeout("monitor", "compute_drift"))
     def compute_drift(collected: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
         """Per-column drift scores of the window against the champion's reference sample, and the report."""
         from continuous_training.adapter import steps
 
         return steps.compute_drift(collected, run_id or "manual")
 
-    @task.short_circuit
+    @task.short_circuit(execution_timeout=task_timeout("monitor", "drift_found"))
     def drift_found(drift: dict[str, Any]) -> bool:
         """Stop here when no column drifted."""
         return bool(drift["drifted_columns"])
 
-    @task
+    @task(execution_timeout=task_timeout("monitor", "alert_on_call"))
     def alert_on_call(drift: dict[str, Any], run_id: str | None = None) -> bool:
         """Mail on-call the drifted columns and the report (once per run)."""
         from continuous_training.adapter import steps
 
         return steps.alert_drift(drift, run_id or "manual")
 
-    @task.short_circuit
+    @task.short_circuit(execution_timeout=task_timeout("monitor", "retrain_due"))
     def retrain_due(
         drift: dict[str, Any], run_id: str | None = None, dag_run: Any = None
     ) -> dict[str, Any] | None:
@@ -121,6 +121,7 @@ def monitor() -> None:
         conf=due,
         skip_when_already_exists=True,
         wait_for_completion=False,
+        execution_timeout=task_timeout("monitor", "trigger_train"),
     )
 
 

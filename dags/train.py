@@ -8,7 +8,7 @@ champion **on the same holdout**, and promotes it only if it passes the gate.
 | --- | --- |
 | `build_training_set` | newest *window_days* validated partitions → snapshot (partition list + content hash) |
 | `should_train` | skips the run when there is nothing new to learn (see below) |
-| `train_challenger` | scikit-learn pipeline, logged to MLflow with params, metrics, the dataset as input and a drift reference sample |
+| `train_challenger` | scikit-learn pipeline, logged to MLflow with params, metrics, the dataset as input and a drift reference sample; one training at a time (pool and queue `training`) |
 | `evaluate` | challenger **and** champion scored on the newest held-out days; HTML evaluation report in the run |
 | `gate` | absolute floor **and** no regression against the champion (`include/config/policy.yaml`, `gate:`) |
 | `register` | MLflow model version with lineage tags (training-set hash, DAG run, git commit, verdict), alias `challenger` |
@@ -34,7 +34,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from continuous_training.adapter.assets import VALIDATED_DATA
-from continuous_training.adapter.defaults import default_args
+from continuous_training.adapter.defaults import TRAINING_POOL, TRAINING_QUEUE, default_args, task_timeout
 
 
 @dag(
@@ -83,14 +83,14 @@ from continuous_training.adapter.defaults import default_args
     },
 )
 def train() -> None:
-    @task
+    @task(execution_timeout=task_timeout("train", "build_training_set"))
     def build_training_set(params: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
         """Snapshot the newest validated partitions (list + content hash), pinned to this run."""
         from continuous_training.adapter import steps
 
         return steps.build_training_set((params or {}).get("window_days"), run_id or "manual")
 
-    @task.short_circuit
+    @task.short_circuit(execution_timeout=task_timeout("train", "should_train"))
     def should_train(
         training_set: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None
     ) -> bool:
@@ -101,7 +101,14 @@ def train() -> None:
             training_set, steps.run_reason(params, dag_run), bool((params or {}).get("force"))
         )
 
-    @task
+    # One training at a time across DAG runs (and, in the cluster, workers): the pool has one slot, and
+    # only the workers that listen on the training queue take it.
+    @task(
+        pool=TRAINING_POOL,
+        pool_slots=1,
+        queue=TRAINING_QUEUE,
+        execution_timeout=task_timeout("train", "train_challenger"),
+    )
     def train_challenger(
         training_set: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None
     ) -> dict[str, Any]:
@@ -112,14 +119,14 @@ def train() -> None:
             training_set, steps.run_reason(params, dag_run), steps.lineage(dag_run), params
         )
 
-    @task
+    @task(execution_timeout=task_timeout("train", "evaluate"))
     def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
         """Score challenger and champion on the same holdout."""
         from continuous_training.adapter import steps
 
         return steps.evaluate(trained["run_id"])
 
-    @task.branch
+    @task.branch(execution_timeout=task_timeout("train", "gate"))
     def gate(evaluation: dict[str, Any], params: dict[str, Any] | None = None) -> str:
         """Floor and no-regression rules; the verdict is recorded on the MLflow run."""
         from continuous_training.adapter import steps
@@ -127,21 +134,21 @@ def train() -> None:
         verdict = steps.gate(evaluation, bool((params or {}).get("force")))
         return "register" if verdict["passed"] else "notify_gate_blocked"
 
-    @task
+    @task(execution_timeout=task_timeout("train", "register"))
     def register(evaluation: dict[str, Any], dag_run: Any = None) -> dict[str, Any]:
         """Register the challenger as a model version with lineage tags (once per MLflow run)."""
         from continuous_training.adapter import steps
 
         return steps.register(evaluation["run_id"], steps.lineage(dag_run))
 
-    @task
+    @task(execution_timeout=task_timeout("train", "deploy"))
     def deploy(registered: dict[str, Any], dag_run: Any = None) -> dict[str, Any]:
         """Smoke-test the version, make it `champion` and wait until the endpoint serves it."""
         from continuous_training.adapter import steps
 
         return steps.deploy(registered, steps.lineage(dag_run))
 
-    @task
+    @task(execution_timeout=task_timeout("train", "notify_gate_blocked"))
     def notify_gate_blocked(evaluation: dict[str, Any], dag_run: Any = None) -> bool:
         """Mail on-call why the challenger was refused."""
         from continuous_training.adapter import steps

@@ -244,3 +244,65 @@ def endpoint(mlflow_server: str) -> Iterator[str]:
     )
     yield settings.endpoint_url
     stop_process(proc)
+
+
+def isolated_stack_env(home: Path, **overrides: str) -> dict[str, str]:
+    """The environment of a ``ct`` command for a stack of its own under ``home``, on free ports.
+
+    Starts from ``os.environ`` without any ``CT_*``, ``AIRFLOW*`` or ``MLFLOW_*`` variable (the test
+    session's own stack settings must not leak into the new stack), then sets ``CT_HOME``, the config
+    folder and four free loopback ports; ``overrides`` are added last.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CT_", "AIRFLOW", "MLFLOW_"))}
+    env.update(
+        {
+            "CT_HOME": str(home),
+            "CT_CONFIG_DIR": str(Path(__file__).resolve().parents[1] / "include" / "config"),
+            "CT_AIRFLOW_PORT": str(free_port()),
+            "CT_MLFLOW_PORT": str(free_port()),
+            "CT_ENDPOINT_PORT": str(free_port()),
+            "CT_SMTP_PORT": str(free_port()),
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+def processes_of_home(home: Path) -> dict[int, str]:
+    """Live processes (pid -> command line) that belong to the state directory ``home``.
+
+    A process belongs to it when its environment has ``CT_HOME=<home>`` or its working directory is
+    inside ``home``. This process and its ancestors are never listed (a test has CT_HOME set too).
+    Processes of other users, whose environment cannot be read, are skipped.
+    """
+    home = Path(home).resolve()
+    marker = f"CT_HOME={home}".encode()
+    skip: set[int] = set()
+    pid = os.getpid()
+    while pid > 1 and pid not in skip:
+        skip.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in skip:
+            continue
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state in ("Z", "X"):
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            try:
+                cwd = Path(os.readlink(entry / "cwd"))
+            except OSError:
+                cwd = None
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        inside = cwd is not None and (cwd == home or home in cwd.parents)
+        if marker in environ or inside:
+            found[int(entry.name)] = cmdline.strip()
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -87,6 +88,58 @@ def test_task_graph(dagbag, dag_id):
     graph = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
     assert graph == EXPECTED_GRAPH[dag_id]
     assert dag.topological_sort()  # no cycle
+
+
+def test_every_task_has_the_execution_timeout_of_the_table(dagbag):
+    from continuous_training.adapter.defaults import TASK_TIMEOUTS
+
+    declared = {f"{dag_id}.{task.task_id}": task for dag_id, dag in dagbag.dags.items() for task in dag.tasks}
+    # One entry per task, no entry for a task that is gone.
+    assert set(TASK_TIMEOUTS) == set(declared)
+    for key, task in declared.items():
+        assert task.execution_timeout is not None, f"{key} has no execution_timeout"
+        assert task.execution_timeout == TASK_TIMEOUTS[key], key
+        assert task.execution_timeout.total_seconds() >= 60, key
+
+
+def test_one_training_at_a_time(dagbag):
+    from continuous_training.adapter.defaults import TRAINING_POOL, TRAINING_QUEUE
+
+    assert (TRAINING_POOL, TRAINING_QUEUE) == ("training", "training")
+    train = dagbag.dags["train"].get_task("train_challenger")
+    assert (train.pool, train.pool_slots, train.queue) == (TRAINING_POOL, 1, TRAINING_QUEUE)
+    # Nothing else waits for the training slot or goes to the training workers.
+    others = [t for dag in dagbag.dags.values() for t in dag.tasks if t is not train]
+    assert all(t.pool != TRAINING_POOL and t.queue != TRAINING_QUEUE for t in others)
+
+
+def test_task_logs_carry_no_skops_deprecation_noise():
+    """Importing skops.io in a task process made Airflow's deprecated module aliases warn ~1,160 times
+    (99% of a training task's log); the adapter silences exactly that, and nothing else."""
+    code = """
+import json, runpy, sys, warnings
+warnings.simplefilter("default")
+import airflow.sdk
+runpy.run_path(sys.argv[1])  # what a task process loads before the task runs
+caught = []
+warnings.showwarning = lambda message, category, filename, *rest, **kw: caught.append((category.__name__, filename))
+from continuous_training.adapter import steps  # noqa: F401  (each task imports it first)
+import skops.io  # noqa: F401
+from airflow.utils.deprecation_tools import DeprecatedImportWarning
+warnings.warn("from our own code", DeprecatedImportWarning)
+from airflow.utils.timezone import utcnow  # noqa: F401  (a deprecated import in our code still warns)
+print(json.dumps(caught))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "dags" / "train.py")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    caught = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not [c for c in caught if "skops" in c[1]], caught[:3]
+    assert [c[0] for c in caught] == ["DeprecatedImportWarning", "DeprecatedImportWarning"], caught
 
 
 def test_train_params_form(dagbag):

@@ -109,6 +109,29 @@ def _wait_ready(mlflow_client: MlflowClient, name: str, version: str) -> None:
         time.sleep(1.0)
 
 
+def _one_version_per_run(mlflow_client: Any, name: str, run_id: str, version: str) -> str:
+    """Keep the lowest version made from ``run_id``; delete the others, made by a retried request.
+
+    MLflow's client retries a POST whose answer timed out, and the server may have created the version
+    the first time: under load two versions of one run appeared. A duplicate that carries an alias is
+    kept (someone chose it); the others were created by this call seconds ago and carry nothing yet.
+    """
+    versions = mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if len(versions) <= 1:
+        return version
+    keep = str(min(int(mv.version) for mv in versions))
+    for mv in versions:
+        if str(mv.version) != keep and not getattr(mv, "aliases", None):
+            log.warning(
+                "Run %s got a second version %s v%s (a retried request): deleting it",
+                run_id,
+                name,
+                mv.version,
+            )
+            mlflow_client.delete_model_version(name, str(mv.version))
+    return keep
+
+
 def register_challenger(
     run_id: str, *, verdict: dict[str, Any], lineage: dict[str, str], name: str | None = None
 ) -> dict[str, Any]:
@@ -147,7 +170,7 @@ def register_challenger(
         mv = mlflow.register_model(
             logged_model_uri(mlflow_client, run_id), name, await_registration_for=int(_READY_TIMEOUT_S)
         )
-        version = str(mv.version)
+        version = _one_version_per_run(mlflow_client, name, run_id, str(mv.version))
         created = True
         log.info("Registered run %s as %s v%s", run_id, name, version)
     _wait_ready(mlflow_client, name, version)

@@ -147,7 +147,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     # The demo prints its own progress; the simulator's per-file lines would repeat it.
     logging.getLogger("continuous_training.ops.simulate").setLevel(logging.WARNING)
-    run_demo(plan=DemoPlan(start=date.fromisoformat(args.start), seed=args.seed))
+    run_demo(_settings(args), plan=DemoPlan(start=date.fromisoformat(args.start), seed=args.seed))
     return 0
 
 
@@ -161,6 +161,11 @@ def add_demo_command(subparsers: Subparsers) -> None:
     )
     demo.add_argument("--start", default="2026-11-02", help="first simulated day (YYYY-MM-DD)")
     demo.add_argument("--seed", type=int, default=42, help="simulator seed")
+    demo.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on the cluster stack (CeleryExecutor, PostgreSQL, Redis, DAGs from git; CT_DEPLOYMENT=cluster)",
+    )
     demo.set_defaults(handler=_demo)
 
 
@@ -219,6 +224,95 @@ def add_simulate_command(subparsers: Subparsers) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# ct compose init | bootstrap | provision | health
+# --------------------------------------------------------------------------------------------------
+
+
+def _compose_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from continuous_training.ops import compose
+
+    if args.example:
+        path = Path(args.path or compose.EXAMPLE_FILE).expanduser().resolve()
+        path.write_text(compose.render_env())
+        print(f"Wrote {path} (no secret in it).")
+        return 0
+    path = compose.write_env(Path(args.path or compose.ENV_FILE), force=args.force)
+    print(f"Wrote {path} (mode 0600): every secret of docker-compose.yml, generated; never commit it.")
+    print("Next: `docker compose build && docker compose up -d`; the Airflow UI's login is admin with")
+    print(f"AIRFLOW_ADMIN_PASSWORD from {path.name}.")
+    return 0
+
+
+def _compose_bootstrap(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from continuous_training.ops import compose
+    from continuous_training.settings import load_settings
+
+    compose.bootstrap(load_settings(), root=Path(args.deliver_to), databases=not args.files_only)
+    print("compose init: secrets delivered, databases provisioned, Airflow's database migrated.")
+    return 0
+
+
+def _compose_provision(args: argparse.Namespace) -> int:
+    from continuous_training.ops import compose
+    from continuous_training.settings import load_settings
+
+    found = compose.provision(load_settings())
+    print(f"compose provision: training pool ready; MLflow accounts ready on model {found['model_name']}.")
+    return 0
+
+
+def _compose_health(args: argparse.Namespace) -> int:
+    from continuous_training.ops import compose
+    from continuous_training.settings import load_settings
+
+    healthy, detail = compose.container_health(load_settings(), args.kind)
+    print(f"{args.kind}: {'healthy' if healthy else 'UNHEALTHY'} ({detail})")
+    return 0 if healthy else 1
+
+
+def add_compose_command(subparsers: Subparsers) -> None:
+    """Wire ``ct compose init|bootstrap|provision|health`` (docker-compose.yml's .env and its jobs)."""
+    from continuous_training.ops.compose import DELIVERY_ROOT, HEALTH_KINDS
+
+    compose = subparsers.add_parser(
+        "compose",
+        help="docker-compose.yml: write its .env, and what its containers run",
+        description="The cluster deployment as containers (docker-compose.yml). `init` writes .env on the "
+        "host; `bootstrap`, `provision` and `health` run inside the containers.",
+    )
+    actions = compose.add_subparsers(
+        dest="action", required=True, metavar="{init,bootstrap,provision,health}"
+    )
+    init = actions.add_parser("init", help="write .env with generated secrets (mode 0600)")
+    init.add_argument(
+        "--path", default=None, help="where to write it (default: .env beside docker-compose.yml)"
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing .env (new secrets)")
+    init.add_argument(
+        "--example", action="store_true", help="write .env.example instead (every key, no secret)"
+    )
+    init.set_defaults(handler=_compose_init)
+    boot = actions.add_parser(
+        "bootstrap", help="(the init service) secrets files, volumes, databases, airflow db migrate"
+    )
+    boot.add_argument(
+        "--deliver-to", default=str(DELIVERY_ROOT), help="where the delivery volumes are mounted"
+    )
+    boot.add_argument("--files-only", action="store_true", help="write and deliver the files only")
+    boot.set_defaults(handler=_compose_bootstrap)
+    actions.add_parser(
+        "provision", help="(the provision service) the training pool, MLflow's accounts and grants"
+    ).set_defaults(handler=_compose_provision)
+    health = actions.add_parser("health", help="(health checks) this container's process answers")
+    health.add_argument("kind", choices=HEALTH_KINDS)
+    health.set_defaults(handler=_compose_health)
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 #: The wiring functions, in the order their commands appear in `ct --help`.
@@ -226,6 +320,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     add_demo_command,
     add_stack_command,
     add_simulate_command,
+    add_compose_command,
 ]
 
 

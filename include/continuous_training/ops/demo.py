@@ -81,14 +81,58 @@ def _say(msg: str) -> None:
     print(f"[demo {datetime.now():%H:%M:%S}] {msg}", flush=True)
 
 
+def _transient(exc: BaseException) -> bool:
+    """Whether an error of a polled service is worth polling through (it may answer next time).
+
+    Connection errors and 5xx answers of Airflow (after the client's own retries), of MLflow (after
+    MLflow's client retries; a server restarted by its supervisor refuses connections for a while) and
+    of the endpoint. A 4xx or a bug is not transient.
+    """
+    import httpx
+
+    from continuous_training.ops.airflow_client import AirflowAPIError
+
+    if isinstance(exc, AirflowAPIError):
+        return exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429
+    if isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError):
+        return True
+    try:
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # pragma: no cover - mlflow is a dependency
+        return False
+    if isinstance(exc, MlflowException):
+        # Raised by the REST client once its retries are spent: a refused connection, or a 5xx.
+        return exc.get_http_status_code() >= 500
+    return False
+
+
 def _wait(predicate: Callable[[], Any], what: str, timeout: float, every: float = 2.0) -> Any:
+    """Poll ``predicate`` until it returns something truthy, riding through transient errors.
+
+    A transient error (see :func:`_transient`) of one poll is logged and the next poll follows; the
+    last one is raised with the timeout if nothing better came.
+    """
     deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            if last_error is None or str(exc) != str(last_error):
+                log.warning("waiting for %s: %s: %s (polling on)", what, type(exc).__name__, exc)
+            last_error = exc
+            value = None
         if value:
             return value
         time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}") from last_error
+
+
+def _retry(call: Callable[[], Any], what: str, timeout: float = 60.0, every: float = 2.0) -> Any:
+    """``call()``, repeated while it fails transiently, for at most ``timeout`` s."""
+    return _wait(lambda: [call()], what, timeout, every)[0]  # a list: a falsy result ends the wait too
 
 
 def _endpoint_version(settings: Settings) -> str | None:
@@ -179,7 +223,7 @@ def run_demo(settings: Settings | None = None, plan: DemoPlan | None = None) -> 
             "  waiting for the train DAG (scheduled on the validated-data Asset) to deploy the first champion"
         )
         settle_training()
-        champion = _wait(lambda: get_champion(), "a first champion", 600)
+        champion = _wait(get_champion, "a first champion", 600)
         _wait(
             lambda: _endpoint_version(settings) == str(champion["version"]), "the endpoint to serve it", 120
         )
@@ -219,9 +263,16 @@ def run_demo(settings: Settings | None = None, plan: DemoPlan | None = None) -> 
         _say(f"  drift-triggered train run: {retrain['state']}")
         state.set("drift_done", True)
 
-    champion = get_champion()
+    champion = _retry(get_champion, "the champion")
     summary = summarize(settings, state, first, champion, traffic)
+    summary["deployment"] = settings.deployment
+    summary["training_workers"] = training_workers(af)
     summary["elapsed_s"] = round(time.monotonic() - t0, 1)
+    # For scripts and tests: the summary without the logins.
+    write_json_atomic(
+        settings.demo_dir / "summary.json",
+        {k: v for k, v in summary.items() if not k.endswith("_login")},
+    )
     print_summary(summary)
     af.close()
     return summary
@@ -238,7 +289,8 @@ def summarize(
     return {
         "champion_before": first,
         "champion_after": str(champion["version"]) if champion else None,
-        "endpoint_serves": _endpoint_version(settings),
+        # The endpoint may be restarting (its supervisor): a few seconds of patience, then None.
+        "endpoint_serves": _wait_or_none(lambda: _endpoint_version(settings), 30.0),
         "drift_reports": [str(p) for p in reports],
         "mails": [f"{m['Date']}  {m['Subject']}" for m in read_mail(settings.mail_dir)],
         "traffic": traffic,
@@ -249,6 +301,22 @@ def summarize(
         "endpoint": settings.endpoint_url,
         "mail_dir": str(settings.mail_dir),
     }
+
+
+def training_workers(af: Any) -> dict[str, str]:
+    """``train`` run id -> the worker (task instance host name) that ran its ``train_challenger``."""
+    return {
+        ti["dag_run_id"]: ti["hostname"]
+        for ti in af.task_instances("train")
+        if ti["task_id"] == "train_challenger" and ti["state"] == "success" and ti["hostname"]
+    }
+
+
+def _wait_or_none(predicate: Callable[[], Any], timeout: float) -> Any:
+    try:
+        return _wait(predicate, "an answer", timeout, every=1.0)
+    except TimeoutError:
+        return None
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -268,5 +336,9 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"Airflow UI            : {s['airflow_ui']}  (login {s['airflow_login']})")
     print(f"MLflow UI             : {s['mlflow_ui']}  (login {s['mlflow_login']})")
     print(f"prediction endpoint   : {s['endpoint']}/predict  (health: {s['endpoint']}/health)")
+    if s.get("training_workers"):
+        print(f"trainings ({s.get('deployment', 'embedded')} stack), run -> worker:")
+        for run_id, host in sorted(s["training_workers"].items()):
+            print(f"  {run_id}  ->  {host}")
     if "elapsed_s" in s:
         print(f"took {s['elapsed_s']:.0f} s. The stack keeps running: `make stack-down` stops it.")

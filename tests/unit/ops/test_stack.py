@@ -330,3 +330,188 @@ def test_cli_status_lists_every_part(settings: Settings, capsys: pytest.CaptureF
     status = json.loads(capsys.readouterr().out)
     assert list(status) == list(PARTS)
     assert {s["state"] for s in status.values()} == {"stopped"}
+
+
+# ---------------------------------------------------------------- supervision: restarts, status, down
+
+
+def _state(settings: Settings, part: str) -> dict:
+    from continuous_training.ops.stack.process import part_state
+
+    return part_state(settings, part) or {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _wait_for(predicate, timeout: float = 30.0, what: str = "a condition"):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_a_part_that_dies_is_restarted_by_its_supervisor_and_status_counts_it(settings: Settings) -> None:
+    import os
+    import signal
+
+    try:
+        stack_up(settings, parts=["smtp"])
+        supervisor = read_pid(settings, "smtp")
+        child = _state(settings, "smtp")["child_pid"]
+        assert child != supervisor
+        os.kill(child, signal.SIGKILL)
+        _wait_for(
+            lambda: (
+                _state(settings, "smtp").get("restarts") == 1 and stack_status(settings)["smtp"]["healthy"]
+            ),
+            what="the restarted sink",
+        )
+        status = stack_status(settings)["smtp"]
+        assert (status["state"], status["pid"], status["restarts"]) == ("running", supervisor, 1)
+        assert status["last_exit"].startswith("killed by SIGKILL after")
+        assert "killed by SIGKILL" in (settings.log_dir / "smtp.log").read_text()
+        assert _state(settings, "smtp")["child_pid"] not in (None, child)
+    finally:
+        stack_down(settings)
+    assert stack_status(settings)["smtp"]["state"] == "stopped"
+
+
+def test_status_shows_a_part_its_supervisor_gave_up_on_as_failed_until_down(settings: Settings) -> None:
+    from continuous_training.ops.stack.process import state_file
+    from continuous_training.ops.stack.supervise import write_state
+
+    settings.run_dir.mkdir(parents=True)
+    reason = "exited with code 1 after 0.3 s; gave up after 5 restart(s) within 300 s"
+    write_state(
+        state_file(settings, "mlflow"),
+        {"state": "failed", "supervisor_pid": _dead_pid(), "restarts": 5, "last_reason": reason},
+    )
+    status = stack_status(settings)["mlflow"]
+    assert (status["state"], status["restarts"], status["healthy"]) == ("failed", 5, False)
+    assert reason in status["health"]
+    assert status["last_reason"] == reason
+    stack_down(settings)
+    assert stack_status(settings)["mlflow"]["state"] == "stopped"
+
+
+def test_up_fails_fast_on_a_part_that_dies_at_start_and_stops_its_supervisor(settings: Settings) -> None:
+    import time
+
+    settings.home.mkdir(parents=True)
+    settings.mail_dir.write_text("not a folder")
+    started = time.monotonic()
+    with pytest.raises(StackError, match="exited with code 1 before it answered its health check"):
+        stack_up(settings, parts=["smtp"])
+    assert time.monotonic() - started < 20  # no restart loop inside `up`
+    state = _state(settings, "smtp")
+    assert state["restarts"] == 0
+    assert state["state"] == "stopped"
+    assert not _alive(state["supervisor_pid"])
+
+
+def _orphan(env: dict[str, str], cwd: Path) -> int:
+    """A sleeper that is nobody's child here (double fork): as a process left behind by a dead part."""
+    code = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+        "start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, "
+        "stderr=subprocess.DEVNULL)\n"
+        "print(p.pid)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, check=True
+    )
+    return int(out.stdout)
+
+
+def test_down_stops_the_whole_session_and_what_the_part_left_behind(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import os
+
+    from continuous_training.ops.stack.parts import _Part
+    from continuous_training.ops.stack.process import PART_VAR, _launch
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    # A part (the sink's marker on its command line) whose child starts a task runner in a process
+    # group of its own, and a daemon that leaves the session: as Airflow's task supervisors do.
+    child = f"""
+import os, subprocess, sys, time
+py = sys.executable
+runner = subprocess.Popen([py, "-c", "import time; time.sleep(120)"], process_group=0)
+daemon = subprocess.Popen([py, "-c", "import os, time; os.setsid(); time.sleep(120)"])
+open({str(pids / "runner")!r}, "w").write(str(runner.pid))
+open({str(pids / "daemon")!r}, "w").write(str(daemon.pid))
+time.sleep(120)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CT_")}
+    env["CT_HOME"] = str(settings.home)
+    settings.home.mkdir(parents=True)
+    spec = _Part("smtp", [sys.executable, "-c", child, "continuous_training.ops.mailsink"], env, None, None)
+    _launch(settings, spec)
+    runner = int(_wait_for(lambda: (pids / "runner").exists() and (pids / "runner").read_text()))
+    daemon = int(_wait_for(lambda: (pids / "daemon").exists() and (pids / "daemon").read_text()))
+    other_home = tmp_path / "other-home"
+    other_home.mkdir()
+    left_by_part = _orphan({**env, PART_VAR: "airflow-scheduler"}, tmp_path)
+    left_in_home = _orphan({k: v for k, v in env.items() if k != "CT_HOME"}, settings.home)
+    client = _orphan(env, tmp_path)  # CT_HOME set, but not started by a part (a shell, `ct demo`)
+    other = _orphan({**env, "CT_HOME": str(other_home), PART_VAR: "smtp"}, other_home)
+    try:
+        with caplog.at_level(logging.WARNING, logger="continuous_training.ops.stack.control"):
+            stack_down(settings)
+        for pid in (runner, daemon, left_by_part, left_in_home):
+            assert not _alive(pid), pid
+        assert _alive(client)
+        assert _alive(other)
+        warned = caplog.text
+        for pid in (daemon, left_by_part, left_in_home):
+            assert f"pid {pid} was left behind" in warned, pid
+        assert f"pid {client} " not in warned
+    finally:
+        for pid in (client, other, left_by_part, left_in_home, runner, daemon):
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.kill(pid, 9)
+
+
+def test_a_part_whose_supervisor_was_killed_shows_orphaned_and_down_stops_it(settings: Settings) -> None:
+    import os
+    import signal
+
+    from continuous_training.ops.stack.parts import _Part
+    from continuous_training.ops.stack.process import _launch
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CT_")}
+    env["CT_HOME"] = str(settings.home)
+    settings.home.mkdir(parents=True)
+    code = "import time; time.sleep(120)"
+    supervisor = _launch(
+        settings,
+        _Part("smtp", [sys.executable, "-c", code, "continuous_training.ops.mailsink"], env, None, None),
+    )
+    child = _wait_for(lambda: _state(settings, "smtp").get("child_pid"), what="the child")
+    os.kill(supervisor, signal.SIGKILL)
+    _wait_for(lambda: not _alive(supervisor), what="the supervisor's end")
+    try:
+        status = stack_status(settings)["smtp"]
+        assert status["state"] == "orphaned"
+        assert str(child) in status["health"]
+        assert pid_file(settings, "smtp").exists()  # kept, so that down finds the session
+        stack_down(settings, parts=["smtp"])
+        assert not _alive(child)
+        assert stack_status(settings)["smtp"]["state"] == "stopped"
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)

@@ -38,18 +38,28 @@ from continuous_training.ops.stack.parts import (
 from continuous_training.ops.stack.process import (
     _LAUNCHED,
     _LOG_TAIL_LINES,
+    LEFT_BEHIND_TIMEOUT_S,
     _group_alive,
     _launch,
     _log_tail,
     _process_tree,
     _running_pid,
     _tree_alive,
+    home_processes,
+    is_supervised,
     log_file,
+    orphaned,
+    part_state,
     pid_alive,
     pid_file,
     port_in_use,
+    read_pid,
+    session_members,
+    state_file,
+    stop_processes,
 )
 from continuous_training.ops.stack.secrets import check_stack_secrets
+from continuous_training.ops.stack.sqlite import ensure_wal
 from continuous_training.settings import DEPLOYMENTS, TRAINING_POOL, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -91,7 +101,9 @@ def _metadata_db_exists(settings: Settings) -> bool:
 
     try:
         with (
-            contextlib.closing(psycopg2.connect(database_url(settings, "airflow", driver="postgresql"))) as conn,
+            contextlib.closing(
+                psycopg2.connect(database_url(settings, "airflow", driver="postgresql"))
+            ) as conn,
             conn.cursor() as cur,
         ):
             cur.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL")
@@ -136,6 +148,8 @@ def _migrate_airflow_db(settings: Settings, env: dict[str, str]) -> None:
             f"`airflow db migrate` exited with code {result.returncode}; log {path} "
             f"(last {_LOG_TAIL_LINES} lines):\n{_log_tail(path)}"
         )
+    if not settings.cluster:
+        ensure_wal(home / "airflow.db")
     marker.write_text(wanted + "\n")
     log.info("airflow: metadata DB migrated in %.1f s", time.monotonic() - started)
 
@@ -315,26 +329,62 @@ def stack_up(settings: Settings | None = None, parts: Iterable[str] | None = Non
 
 
 def _stop_wave(settings: Settings, parts: Iterable[str]) -> None:
-    """SIGTERM each part's process group, wait, SIGKILL what is left, remove the pid files."""
+    """Stop each part's session, wait, SIGKILL what is left, remove the pid files.
+
+    A supervised part gets SIGTERM to its supervisor, which forwards it to its child and then stops
+    the rest of the session; an unsupervised one (started by an older version) SIGTERM to its process
+    group. The part is stopped when nothing is left of its process tree, its process group or its
+    session (task runners make process groups of their own but stay in the session). After
+    :data:`STOP_TIMEOUT_S`, SIGKILL to all of them. A pid file whose supervisor is gone but whose
+    session still has processes (the supervisor was killed) stops that session too.
+    """
     targets: dict[str, tuple[int, dict[int, str]]] = {}
     for part in parts:
+        recorded = read_pid(settings, part)
         pid = _running_pid(settings, part)
         if pid is None:
-            continue
+            if recorded is not None and (left := orphaned(settings, recorded)):
+                log.warning(
+                    "%s: supervisor %s is gone but its session still runs %s; stopping them",
+                    part,
+                    recorded,
+                    left,
+                )
+                pid = recorded
+            else:
+                continue
         # Snapshot the tree first: Airflow's task supervisors move into their own process groups.
         targets[part] = (pid, _process_tree(pid))
         log.info("%s: stopping (pid %s, %s processes)", part, pid, len(targets[part][1]))
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
+            if is_supervised(pid):
+                os.kill(pid, signal.SIGTERM)
+            else:
+                os.killpg(pid, signal.SIGTERM)
+
+    def alive(pid: int, tree: dict[int, str]) -> bool:
+        pid_alive(pid)  # reaps our own child, so a zombie leader does not keep the group alive
+        return bool(_group_alive(pid) or session_members(pid))
+
+    def escaped(part: str, pid: int, tree: dict[int, str]) -> None:
+        # Descendants that left the session (setsid): the part is gone, so they go too.
+        left = [p for p in _tree_alive(tree) if p != pid]
+        for straggler in left:
+            log.warning(
+                "%s: pid %s was left behind (outside the part's session); stopping it", part, straggler
+            )
+        if stop_processes(left, timeout=LEFT_BEHIND_TIMEOUT_S):
+            raise StackError(f"could not stop {left} of {part} even with SIGKILL")
+
     deadline = time.monotonic() + STOP_TIMEOUT_S
     started = time.monotonic()
     pending = dict(targets)
     while pending:
         for part, (pid, tree) in list(pending.items()):
-            pid_alive(pid)  # reaps our own child, so a zombie leader does not keep the group alive
-            if not _tree_alive(tree) and not _group_alive(pid):
+            if not alive(pid, tree):
                 log.info("%s: stopped after %.1f s", part, time.monotonic() - started)
                 del pending[part]
+                escaped(part, pid, tree)
         if not pending:
             break
         if time.monotonic() > deadline:
@@ -342,31 +392,37 @@ def _stop_wave(settings: Settings, parts: Iterable[str]) -> None:
                 log.warning("%s: still running %.0f s after SIGTERM; sending SIGKILL", part, STOP_TIMEOUT_S)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
-                for straggler in _tree_alive(tree):
+                for straggler in {*_tree_alive(tree), *session_members(pid)}:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(straggler, signal.SIGKILL)
             kill_deadline = time.monotonic() + 10.0
-            while any(_tree_alive(tree) or _group_alive(pid) for pid, tree in pending.values()):
+            while any(alive(pid, tree) or _tree_alive(tree) for pid, tree in pending.values()):
                 if time.monotonic() > kill_deadline:
                     raise StackError(
                         f"could not stop {sorted(pending)} even with SIGKILL; pid files kept in "
                         f"{settings.run_dir}"
                     )
-                for pid, _tree in pending.values():
-                    pid_alive(pid)
                 time.sleep(0.2)
             break
         time.sleep(0.25)
     for part, (pid, _tree) in targets.items():
         pid_file(settings, part).unlink(missing_ok=True)
         _LAUNCHED.pop(pid, None)
+    for part in parts:
+        # Stopped now, whatever the supervisor last recorded (a failure's story stays in the log).
+        state_file(settings, part).unlink(missing_ok=True)
 
 
 def stack_down(settings: Settings | None = None, parts: Iterable[str] | None = None) -> None:
     """Stop the parts recorded in the pid files: workers first, then the servers.
 
-    SIGTERM to each part's process group, up to :data:`STOP_TIMEOUT_S` to exit, then SIGKILL. Stale
-    pid files (process gone) are just removed. Idempotent.
+    Each part's supervisor gets SIGTERM (it stops its child, then the rest of the part's session),
+    up to :data:`STOP_TIMEOUT_S` to exit, then SIGKILL to the part's process group, tree and session.
+    When every part is stopped (``parts`` None), whatever still runs for this ``CT_HOME`` is stopped
+    too and logged as left behind (:func:`~continuous_training.ops.stack.process.home_processes`: the
+    environment's ``CT_HOME``, or the working directory; never the caller, its ancestors or
+    descendants, nor a process with a terminal). Stale pid files (process gone) are just removed.
+    Idempotent.
 
     Args:
         settings: the stack settings (default :func:`load_settings`).
@@ -384,6 +440,13 @@ def stack_down(settings: Settings | None = None, parts: Iterable[str] | None = N
     with _stack_lock(settings):
         for wave in stop_waves(settings):
             _stop_wave(settings, [p for p in wave if p in chosen])
+        if parts is None:
+            left = home_processes(settings)
+            for pid, cmdline in sorted(left.items()):
+                log.warning("stack down: pid %s was left behind; stopping it: %s", pid, cmdline[:200])
+            survivors = stop_processes(sorted(left), timeout=LEFT_BEHIND_TIMEOUT_S)
+            if survivors:
+                raise StackError(f"could not stop {survivors} of {settings.home} even with SIGKILL")
     log.info("stack down: done in %.1f s", time.monotonic() - started)
 
 
@@ -394,8 +457,13 @@ def stack_status(settings: Settings | None = None) -> dict[str, dict]:
         settings: the stack settings (default :func:`load_settings`).
 
     Returns:
-        Part -> ``{"state": "running"|"stopped", "pid": int|None, "url": str|None, "healthy": bool,
-        "health": str, "log": str}``; a stale pid file is removed on the way.
+        Part -> ``{"state": "running"|"restarting"|"failed"|"orphaned"|"stopped", "pid": int|None, "url":
+        str|None, "healthy": bool, "health": str, "log": str, "restarts": int, "last_exit": str|None,
+        "last_reason": str|None}``. ``restarts`` counts the supervisor's restarts since the part
+        started; ``restarting``: the child died and the supervisor waits to start it again; ``failed``:
+        the supervisor gave up (``last_reason`` says why, ``ct stack up`` starts it afresh);
+        ``orphaned``: the supervisor was killed but processes of the part still run (``down`` or the
+        next ``up`` stops them). A stale pid file is removed on the way.
     """
     settings = settings or load_settings()
     every = parts_of(settings)
@@ -404,16 +472,31 @@ def stack_status(settings: Settings | None = None) -> dict[str, dict]:
     result: dict[str, dict] = {}
     for part in every:
         pid = pids[part]
+        supervisor = part_state(settings, part) or {}
+        if pid is not None and supervisor.get("supervisor_pid") not in (None, pid):
+            supervisor = {}  # a state file of another process
         if pid is None:
             healthy, detail = False, "not running"
+            state = "failed" if supervisor.get("state") == "failed" else "stopped"
+            if state == "failed":
+                detail = f"failed: {supervisor.get('last_reason')}"
+            recorded = read_pid(settings, part)
+            if recorded is not None and (left := orphaned(settings, recorded)):
+                state = "orphaned"
+                detail = f"supervisor {recorded} is gone, pids {left} still run; `ct stack down` stops them"
         else:
             healthy, detail = _part_health(settings, part, airflow)
+            state = "restarting" if supervisor.get("state") == "restarting" else "running"
+        last_exit = supervisor.get("last_exit") or {}
         result[part] = {
-            "state": "running" if pid is not None else "stopped",
+            "state": state,
             "pid": pid,
             "url": part_url(settings, part),
             "healthy": healthy,
             "health": detail,
             "log": str(log_file(settings, part)),
+            "restarts": int(supervisor.get("restarts") or 0),
+            "last_exit": last_exit.get("reason"),
+            "last_reason": supervisor.get("last_reason"),
         }
     return result

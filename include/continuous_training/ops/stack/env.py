@@ -18,6 +18,8 @@ from typing import Any
 
 from continuous_training.credentials import MLFLOW_PIPELINE, mlflow_client_env
 from continuous_training.ops.stack.secrets import ADMIN_USER, passwords_file, secret_env
+from continuous_training.ops.stack.sqlite import sqlite_airflow_config
+from continuous_training.ops.stack.task_env import task_runtime_config
 from continuous_training.settings import Settings
 
 
@@ -171,6 +173,8 @@ def _embedded_config(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         # LocalExecutor pre-forks this many workers; 32 (the default) is too many for 2 cores.
         "AIRFLOW__CORE__PARALLELISM": "4",
+        # SQLite's lock waits (a trigger burst froze the API server and killed the scheduler).
+        **sqlite_airflow_config(settings),
     }
 
 
@@ -229,6 +233,7 @@ def airflow_config(settings: Settings) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(DAG_REFRESH_S),
         "PYTHONPYCACHEPREFIX": str(settings.pycache_dir),
     }
+    env.update(task_runtime_config(settings))
     env.update(service_env(settings))
     return env
 

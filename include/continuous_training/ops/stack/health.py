@@ -21,13 +21,16 @@ from continuous_training.ops.stack.parts import (
     start_timeout,
 )
 from continuous_training.ops.stack.process import (
+    _FRESH,
     _LOG_TAIL_LINES,
     _exit_code,
     _is_our_process,
     _log_tail,
     log_file,
+    part_state,
     pid_alive,
     pid_file,
+    stop_session,
 )
 from continuous_training.settings import Settings
 
@@ -219,30 +222,62 @@ def _warm_execution_api(settings: Settings) -> None:
     )
 
 
+def _exit_reason(settings: Settings, part: str, pid: int, state: dict | None) -> str:
+    """Why a part's process is gone, from its supervisor's state or the supervisor's own exit."""
+    last = (state or {}).get("last_exit") or {}
+    if last.get("code") is not None:
+        how = f"exited with code {last['code']}"
+    elif last.get("signal"):
+        how = f"was killed by {last['signal']}"
+    else:
+        code = _exit_code(pid)
+        if code is None:
+            return f"process {pid} died before it answered its health check"
+        how = f"exited with code {code}"
+    uptime = f" (after {last['uptime_s']:.1f} s)" if last.get("uptime_s") is not None else ""
+    return f"process {how} before it answered its health check{uptime}"
+
+
 def _wait_healthy(
     settings: Settings, parts: list[str], pids: dict[str, int], deadlines: dict[str, float]
 ) -> None:
-    """Wait until every part in ``parts`` is healthy; raise naming the first part that is not."""
+    """Wait until every part in ``parts`` is healthy; raise naming the first part that is not.
+
+    A part whose process exits before its first healthy answer fails ``up`` at once, without waiting
+    for the supervisor to restart it: the supervisor's state file (``$CT_HOME/run/<part>.state``)
+    counts the child's exits, and one more exit than when the wait began is enough. The supervisor is
+    then stopped with what it started, the pid file removed, and the error names the part, the exit
+    code or signal and the tail of its log. (A part that cannot start should be fixed, not restarted
+    for minutes inside ``up``; once a part was healthy, its supervisor restarts it when it dies.)
+    """
     pending = list(parts)
+    # A part launched here and not healthy yet counts every exit (its state file was removed before the
+    # launch, and its child may have died already); one that was running counts from now on.
+    exits_before = {
+        part: 0 if pids[part] in _FRESH else int((part_state(settings, part) or {}).get("exits") or 0)
+        for part in parts
+    }
     while pending:
         airflow = airflow_health(settings) if any(is_airflow(p) for p in pending) else None
         now = time.monotonic()
         for part in list(pending):
             pid = pids[part]
+            state = part_state(settings, part)
+            exited = state is not None and (
+                int(state.get("exits") or 0) > exits_before[part] or state.get("state") == "failed"
+            )
+            if exited or not pid_alive(pid):
+                reason = _exit_reason(settings, part, pid, state)
+                survivors = stop_session(pid, timeout=15.0)
+                if not survivors:
+                    pid_file(settings, part).unlink(missing_ok=True)
+                raise _fail(settings, part, reason)
             healthy, detail = _part_health(settings, part, airflow)
             if healthy and _is_our_process(part, pid):
                 log.info("%s: healthy (%s)", part, detail)
+                _FRESH.discard(pid)
                 pending.remove(part)
                 continue
-            if not pid_alive(pid):
-                code = _exit_code(pid)
-                pid_file(settings, part).unlink(missing_ok=True)
-                reason = (
-                    f"process exited with code {code} before it answered its health check"
-                    if code is not None
-                    else f"process {pid} died before it answered its health check"
-                )
-                raise _fail(settings, part, reason)
             if now > deadlines[part]:
                 raise _fail(
                     settings, part, f"not healthy after {start_timeout(part):.0f} s (last check: {detail})"
