@@ -34,8 +34,9 @@ test: install
 test-e2e: install
 	$(BIN)/pytest -m e2e
 
-test-cluster: install  ## the cluster (Celery, PostgreSQL, Redis) under load and failures (~25 min)
-	$(BIN)/pytest -m cluster tests/cluster
+test-cluster: install  ## stacks under load and failures: the embedded one, then the cluster (~30 min)
+	$(BIN)/pytest -m cluster tests/cluster -k embedded
+	$(BIN)/pytest -m cluster tests/cluster -k "not embedded"
 
 bench: install  ## every benchmark beside its anchor; table + bench/results/*.json (~15 min)
 	$(BIN)/python -m bench

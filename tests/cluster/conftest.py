@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,23 +18,13 @@ from pathlib import Path
 import pytest
 from services import isolated_stack_env, processes_of_home
 
+# The cluster (`ct stack up --cluster`), defined once in stacks.py.
+from stacks import cluster_stack, run_ct  # noqa: F401
+
 from continuous_training.settings import load_settings
 
-CT = Path(sys.executable).parent / "ct"
 UP_TIMEOUT_S = 900
 DOWN_TIMEOUT_S = 300
-
-
-def _ct(args: list[str], env: dict[str, str], log: Path, timeout: float) -> None:
-    with open(log, "ab") as out:
-        out.write(f"\n==== ct {' '.join(args)}\n".encode())
-        out.flush()
-        done = subprocess.run(
-            [str(CT), *args], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False
-        )
-    if done.returncode != 0:
-        tail = log.read_text(errors="replace")[-4000:]
-        raise AssertionError(f"`ct {' '.join(args)}` exited with {done.returncode}; {log}:\n{tail}")
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +39,7 @@ def embedded_stack(request: pytest.FixtureRequest) -> Iterator[object]:
     log = home / "ct-commands.log"
     started = time.monotonic()
     try:
-        _ct(["stack", "up"], env, log, UP_TIMEOUT_S)
+        run_ct(["stack", "up"], env, log, UP_TIMEOUT_S)
         up_s = time.monotonic() - started
         handle = StackHandle(
             base_url=settings.airflow_url,
@@ -63,7 +51,7 @@ def embedded_stack(request: pytest.FixtureRequest) -> Iterator[object]:
         yield handle
     finally:
         down = time.monotonic()
-        _ct(["stack", "down"], env, log, DOWN_TIMEOUT_S)
+        run_ct(["stack", "down"], env, log, DOWN_TIMEOUT_S)
         print(f"\nembedded stack {home}: `ct stack down` took {time.monotonic() - down:.1f} s")
         left = processes_of_home(home)
         assert not left, f"still running after `ct stack down` ({home}): {left}"
@@ -71,7 +59,3 @@ def embedded_stack(request: pytest.FixtureRequest) -> Iterator[object]:
             shutil.rmtree(home, ignore_errors=True)
         else:
             print(f"embedded stack state kept in {home}")
-
-
-# The cluster (`ct stack up --cluster`), for the tests of tests/cluster/test_cluster*.py.
-from stacks import cluster_stack  # noqa: E402, F401

@@ -244,3 +244,28 @@ def test_concurrent_triggers_on_the_embedded_stack(embedded_stack: StackHandle) 
     figures = check_concurrent_triggers(embedded_stack)
     # The forced run trains; a burst run trains only if the forced one left no champion behind.
     assert 1 <= len(figures["trained"]) <= 2, figures["trained"]
+
+
+@pytest.mark.timeout(2700)
+def test_concurrent_triggers_on_the_cluster(cluster_stack) -> None:
+    from continuous_training.ops.stack import airflow_password
+
+    handle = StackHandle(
+        base_url=cluster_stack.settings.airflow_url,
+        admin_password=airflow_password(cluster_stack.settings),
+        settings=cluster_stack.settings,
+        components=cluster_stack.status,
+    )
+    versions_before = {v["version"] for v in cluster_stack.versions()}
+    figures = check_concurrent_triggers(handle)
+    assert 1 <= len(figures["trained"]) <= 2, figures["trained"]
+    # Registered versions are the runs that trained and passed the gate: one each, no more.
+    new = {v["version"]: v for v in cluster_stack.versions() if v["version"] not in versions_before}
+    with cluster_stack.airflow() as client:
+        registered = [
+            run_id
+            for run_id in figures["trained"]
+            if client.task_states("train", run_id).get("register") == "success"
+        ]
+    assert len(new) == len(registered), (sorted(new), registered)
+    assert len({v["run_id"] for v in new.values()}) == len(new), "one version per MLflow run"

@@ -357,6 +357,25 @@ def provision_databases(settings: Settings) -> None:
         conn.close()
 
 
+def init_mlflow_stores(settings: Settings) -> None:
+    """Create (or migrate) MLflow's tables in ``mlflow`` and ``mlflow_auth`` once, before its workers start.
+
+    Each of the server's two workers otherwise creates them on its first start, at the same time: the
+    PostgreSQL log showed the race (``duplicate key value violates unique constraint
+    "pg_type_typname_nsp_index"``). Idempotent: on a current schema it only checks the version.
+    """
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore as AuthStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(
+        database_url(settings, "mlflow"), str((settings.mlflow_dir / "artifacts").resolve())
+    )
+    store.engine.dispose()
+    auth = AuthStore()
+    auth.init_db(database_url(settings, "mlflow_auth"))
+    auth.engine.dispose()
+
+
 # ---- Redis ----------------------------------------------------------------------------------------
 
 

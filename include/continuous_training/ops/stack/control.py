@@ -196,6 +196,12 @@ def _prepare(settings: Settings, part: str, env: dict[str, str]) -> None:
         from continuous_training.ops.stack.cluster import write_redis_config
 
         write_redis_config(settings)
+    elif part == "mlflow" and settings.cluster:
+        from continuous_training.ops.stack.cluster import init_mlflow_stores
+
+        if settings.postgres_url:
+            provision_databases(settings)  # no postgres part does it
+        init_mlflow_stores(settings)
     elif part == "airflow-api-server":
         if settings.cluster and settings.postgres_url:
             provision_databases(settings)  # no postgres part does it

@@ -239,27 +239,15 @@ def _part_spec(settings: Settings, name: str, env_cache: dict[str, dict[str, str
         return _Part(
             name, redis_command(settings), env_for("plain"), settings.redis_port, part_url(settings, name)
         )
-    if name == "mlflow" and settings.cluster:
-        # PostgreSQL holds runs, registry and users (MLFLOW_BACKEND_STORE_URI in env_for: it holds a
-        # password); two workers, which SQLite could not take.
-        command = [
-            str(bindir / "mlflow"),
-            "server",
-            "--host",
-            host,
-            "--port",
-            str(settings.mlflow_port),
-            "--artifacts-destination",
-            str((settings.mlflow_dir / "artifacts").resolve()),
-            "--serve-artifacts",
-            "--workers",
-            "2",
-            *server_args(settings),
-        ]
-        env = {**env_for("mlflow"), "MLFLOW_BACKEND_STORE_URI": database_url(settings, "mlflow")}
-        return _Part(name, command, env, settings.mlflow_port, part_url(settings, name))
     if name == "mlflow":
-        db = (settings.mlflow_dir / "mlflow.db").resolve()
+        env = env_for("mlflow")
+        if settings.cluster:
+            # PostgreSQL holds runs, registry and users (in the environment: the URL holds a password);
+            # two workers, which SQLite could not take.
+            backend: list[str] = []
+            env = {**env, "MLFLOW_BACKEND_STORE_URI": database_url(settings, "mlflow")}
+        else:
+            backend = ["--backend-store-uri", f"sqlite:///{(settings.mlflow_dir / 'mlflow.db').resolve()}"]
         command = [
             str(bindir / "mlflow"),
             "server",
@@ -267,16 +255,15 @@ def _part_spec(settings: Settings, name: str, env_cache: dict[str, dict[str, str
             host,
             "--port",
             str(settings.mlflow_port),
-            "--backend-store-uri",
-            f"sqlite:///{db}",
+            *backend,
             "--artifacts-destination",
             str((settings.mlflow_dir / "artifacts").resolve()),
             "--serve-artifacts",
             "--workers",
-            "1",
+            "2" if settings.cluster else "1",
             *server_args(settings),
         ]
-        return _Part(name, command, env_for("mlflow"), settings.mlflow_port, part_url(settings, name))
+        return _Part(name, command, env, settings.mlflow_port, part_url(settings, name))
     if name == "airflow-api-server":
         command = [
             str(bindir / "airflow"),
