@@ -61,8 +61,11 @@ def _stack_down(args: argparse.Namespace) -> int:
     from continuous_training.ops.stack import stack_down
 
     settings = _settings(args)
-    stack_down(settings)
-    print(f"The {settings.deployment} stack is stopped.")
+    parts = [p for p in args.parts.split(",") if p.strip()] if args.parts else None
+    stack_down(settings, parts=parts)
+    print(
+        f"The {settings.deployment} stack is stopped." if parts is None else f"Stopped: {', '.join(parts)}."
+    )
     return 0
 
 
@@ -73,12 +76,17 @@ def _stack_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    print(f"{'part':<22} {'state':<8} {'pid':>8}  {'health':<40} url")
+    print(f"{'part':<22} {'state':<10} {'pid':>8} {'restarts':>8}  {'health':<44} url")
     for part, info in status.items():
         health = ("healthy" if info["healthy"] else "UNHEALTHY") + f" ({info['health']})"
         if info["state"] == "stopped":
             health = "-"
-        print(f"{part:<22} {info['state']:<8} {info['pid'] or '-':>8}  {health:<40} {info['url'] or ''}")
+        if info.get("last_reason") and info["state"] in ("failed", "restarting", "orphaned"):
+            health += f"; last exit: {info['last_reason']}"
+        print(
+            f"{part:<22} {info['state']:<10} {info['pid'] or '-':>8} {info.get('restarts') or 0:>8}  "
+            f"{health:<44} {info['url'] or ''}"
+        )
     return 0
 
 
@@ -126,9 +134,9 @@ def add_stack_command(subparsers: Subparsers) -> None:
         "also postgres, redis, workers (airflow-worker-N), airflow-scheduler-N",
     )
     up.set_defaults(handler=_stack_up)
-    actions.add_parser("down", parents=[mode], help="stop what `up` started").set_defaults(
-        handler=_stack_down
-    )
+    down = actions.add_parser("down", parents=[mode], help="stop what `up` started")
+    down.add_argument("--parts", default=None, help="comma-separated subset (same names as `up --parts`)")
+    down.set_defaults(handler=_stack_down)
     status = actions.add_parser("status", parents=[mode], help="state, pid, health and URL of each part")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=_stack_status)
