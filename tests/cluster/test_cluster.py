@@ -34,6 +34,7 @@ def _task_instances(client, dag_id: str, run_id: str = "~") -> list[dict]:
     return client._get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=1000)["task_instances"]
 
 
+@pytest.mark.timeout(2700)  # the cluster comes up in this test's setup, then the demo
 def test_the_demo_loop_runs_every_task_on_a_celery_worker(cluster_stack):
     log = cluster_stack.home / "demo.log"
     started = time.monotonic()
@@ -109,6 +110,7 @@ def test_a_committed_dag_edit_is_a_new_dag_version_the_next_run_uses(cluster_sta
     assert any(v["bundle_version"] == sha for v in run["dag_versions"])
 
 
+@pytest.mark.timeout(2400)
 def test_a_worker_killed_mid_training_is_retried_on_the_other_one(cluster_stack):
     versions_before = {v["version"] for v in cluster_stack.versions()}
     champion_before = cluster_stack.champion()
