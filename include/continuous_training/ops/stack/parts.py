@@ -160,6 +160,9 @@ class _Part:
     env: dict[str, str]
     port: int | None
     url: str | None
+    #: What stops the part cleanly. PostgreSQL's SIGTERM is a "smart" shutdown that waits for every
+    #: client to disconnect; SIGINT is its "fast" one (transactions rolled back, a clean checkpoint).
+    stop_signal: str = "SIGTERM"
 
 
 def part_url(settings: Settings, part: str) -> str | None:

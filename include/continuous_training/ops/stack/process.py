@@ -231,7 +231,9 @@ def _launch(settings: Settings, spec: _Part) -> int:
         stop_processes(left, timeout=LEFT_BEHIND_TIMEOUT_S)
     # A state left by an earlier run would tell `up` about exits of another process.
     state.unlink(missing_ok=True)
-    command = supervise_command(spec.name, state, spec.command, python=str(bin_dir() / "python"))
+    command = supervise_command(
+        spec.name, state, spec.command, python=str(bin_dir() / "python"), stop_signal=spec.stop_signal
+    )
     with open(path, "ab") as out:
         out.write(f"\n==== {datetime.now(UTC).isoformat()} starting: {' '.join(spec.command)}\n".encode())
         out.flush()

@@ -15,7 +15,7 @@ holding the port), waits 1, 2, 4, ... s (capped at :data:`MAX_BACKOFF_S`; reset 
 for ``--window`` seconds) and starts CMD again. More than ``--max-restarts`` restarts within
 ``--window`` seconds and it gives up: state ``failed``, exit code :data:`EXIT_GAVE_UP`.
 
-Stop. On SIGTERM or SIGINT the supervisor forwards SIGTERM to its child (and the child's own process
+Stop. On SIGTERM or SIGINT the supervisor sends its child ``--child-stop-signal`` (SIGTERM; SIGINT for PostgreSQL's fast shutdown) (and the child's own process
 group, if it made one), waits up to ``--stop-timeout`` seconds, then stops the rest of the session (the
 task runners, which run in process groups of their own) the same way, SIGKILLs whatever is left and
 exits 0 with state ``stopped``. It never restarts after a stop was asked.
@@ -158,8 +158,10 @@ class Supervisor:
         window_s: float = WINDOW_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
         max_backoff_s: float = MAX_BACKOFF_S,
+        child_stop_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
         self.part = part
+        self.child_stop_signal = child_stop_signal
         self.state_file = state_file
         self.command = command
         self.max_restarts = max_restarts
@@ -210,17 +212,17 @@ class Supervisor:
             _say(self.part, f"{self.stop_signal} received: stopping, no restart")
 
     def _forward(self) -> None:
-        """SIGTERM to the running child, and to its own process group if it made one; once per child."""
+        """The child's stop signal to it, and to its own process group if it made one; once per child."""
         child = self.child
         if child is None or child.returncode is not None or self.forwarded == child.pid:
             return
         self.forwarded = child.pid
         with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signal.SIGTERM)
+            os.kill(child.pid, self.child_stop_signal)
         with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
             pgid = os.getpgid(child.pid)
             if pgid != os.getpgrp():
-                os.killpg(pgid, signal.SIGTERM)
+                os.killpg(pgid, self.child_stop_signal)
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when a stop is asked for."""
@@ -386,8 +388,12 @@ def supervise_command(
     python: str | None = None,
     max_restarts: int = MAX_RESTARTS,
     window_s: float = WINDOW_S,
+    stop_signal: str = "SIGTERM",
 ) -> list[str]:
     """The command line that runs ``command`` under a supervisor.
+
+    ``stop_signal`` is what the supervisor sends its child to stop it (SIGTERM; PostgreSQL's fast
+    shutdown is SIGINT).
 
     It contains ``command`` unchanged after ``--``, so a check of the part's command line (the
     cmdline markers of :mod:`~continuous_training.ops.stack.parts`) still matches.
@@ -404,6 +410,8 @@ def supervise_command(
         str(max_restarts),
         "--window",
         f"{window_s:g}",
+        "--child-stop-signal",
+        stop_signal,
         "--",
         *command,
     ]
@@ -429,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=WINDOW_S)
     parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT_S)
     parser.add_argument("--max-backoff", type=float, default=MAX_BACKOFF_S)
+    parser.add_argument(
+        "--child-stop-signal",
+        default="SIGTERM",
+        choices=["SIGTERM", "SIGINT", "SIGQUIT"],
+        help="what stops the child cleanly",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -442,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         window_s=args.window,
         stop_timeout_s=args.stop_timeout,
         max_backoff_s=args.max_backoff,
+        child_stop_signal=signal.Signals[args.child_stop_signal],
     )
     return supervisor.run()
 
