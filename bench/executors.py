@@ -47,6 +47,9 @@ def _env(home: Path, cluster: bool) -> dict[str, str]:
         }
     )
     if cluster:
+        # PostgreSQL runs as its own user when we are root: it must be able to pass through the
+        # scratch folder (a private temporary folder) to reach the stack's home.
+        home.parent.chmod(home.parent.stat().st_mode | 0o001)
         env.update(
             {
                 "CT_DEPLOYMENT": "cluster",
