@@ -98,7 +98,11 @@ def train() -> None:
         from continuous_training.adapter import steps
 
         return steps.should_train(
-            training_set, steps.run_reason(params, dag_run), bool((params or {}).get("force"))
+            training_set,
+            steps.run_reason(params, dag_run),
+            bool((params or {}).get("force")),
+            params,
+            getattr(dag_run, "run_id", None),
         )
 
     # One training at a time across DAG runs (and, in the cluster, workers): the pool has one slot, and

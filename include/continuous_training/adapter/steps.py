@@ -154,12 +154,31 @@ def build_training_set(window_days: int | None, run_id: str) -> dict[str, Any]:
     return snapshot
 
 
-def should_train(training_set: dict[str, Any], reason: str, force: bool) -> bool:
-    """Apply :func:`continuous_training.model.training_set.training_decision`; log why."""
+def should_train(
+    training_set: dict[str, Any],
+    reason: str,
+    force: bool,
+    params: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> bool:
+    """Apply :func:`continuous_training.model.training_set.training_decision`; log why.
+
+    A drift-style run (a drift report in its conf) that the monitor did not trigger is first held to
+    the drift cooldown (:func:`continuous_training.monitoring.retrain.admit_drift_run`); *force*
+    skips that too.
+    """
     from continuous_training.model.registry import get_champion
     from continuous_training.model.training_set import training_decision
 
-    decision = training_decision(training_set, get_champion(), load_policy().training, reason, force)
+    policy = load_policy()
+    if params and params.get("drift_report") and not force:
+        from continuous_training.monitoring.retrain import admit_drift_run
+
+        admitted = admit_drift_run(_lake(), run_id or "manual", params, policy.drift)
+        log.info("Drift-style run admitted? %s: %s", admitted["train"], admitted["why"])
+        if not admitted["train"]:
+            return False
+    decision = training_decision(training_set, get_champion(), policy.training, reason, force)
     log.info("Train? %s: %s", decision["train"], decision["why"])
     return bool(decision["train"])
 

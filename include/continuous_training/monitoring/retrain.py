@@ -198,3 +198,66 @@ def retrain_conf(
         return None
     record_retrain_trigger(lake, monitor_run_id, now, drift)
     return conf
+
+
+#: The run id the monitor gives the ``train`` run it triggers: ``drift__<monitor run id>``.
+MONITOR_TRAIN_RUN_PREFIX = "drift__"
+
+
+def admit_drift_run(
+    lake: Lake, train_run_id: str, conf: dict[str, Any], policy: DriftPolicy, now: datetime | None = None
+) -> dict[str, Any]:
+    """Whether a drift-style ``train`` run may train: the cooldown holds whoever triggered it.
+
+    The monitor records its decision in the ledger before it triggers, so its own run
+    (``drift__<monitor run id>``) is admitted. A run with a drift report in its conf that someone
+    triggered directly over the API (or the UI) is held to ``policy.cooldown_hours`` as the monitor
+    would be; when admitted it is recorded in the ledger too, so the monitor's next decision counts it.
+    A re-run of an admitted run is admitted again.
+
+    Args:
+        lake: the data lake (its retrain ledger).
+        train_run_id: the ``train`` DAG run.
+        conf: the run's conf (``reason``, ``drift_report``, ``drifted_columns``).
+        policy: the drift policy.
+        now: the decision time, the run's ``run_after`` (default: now).
+
+    Returns:
+        ``{"train": bool, "why": str}``.
+    """
+    path = lake.retrain_ledger()
+    with _locked(path):
+        entries = _read_ledger(path)
+        monitor_run = train_run_id.removeprefix(MONITOR_TRAIN_RUN_PREFIX)
+        if train_run_id.startswith(MONITOR_TRAIN_RUN_PREFIX) and any(
+            e.get("monitor_run_id") == monitor_run for e in entries
+        ):
+            return {
+                "train": True,
+                "why": f"triggered by monitor run {monitor_run}, which judged the cooldown",
+            }
+        if any(e.get("train_run_id") == train_run_id for e in entries):
+            return {"train": True, "why": "this run was admitted before (a re-run)"}
+        now = to_utc(now or datetime.now(UTC))
+        times = [to_utc(datetime.fromisoformat(e["at"])) for e in entries if e.get("at")]
+        last = max(times) if times else None
+        if last is not None and now < last + timedelta(hours=policy.cooldown_hours):
+            until = last + timedelta(hours=policy.cooldown_hours)
+            return {
+                "train": False,
+                "why": (
+                    f"a drift-triggered retraining ran at {last.isoformat()}: in cooldown until "
+                    f"{until.isoformat()} (drift.cooldown_hours {policy.cooldown_hours} h)"
+                ),
+            }
+        entries.append(
+            {
+                "monitor_run_id": None,
+                "train_run_id": train_run_id,
+                "at": now.isoformat(),
+                "drifted_columns": list(conf.get("drifted_columns") or []),
+                "report_html": conf.get("drift_report"),
+            }
+        )
+        write_json_atomic(path, entries)
+    return {"train": True, "why": "no drift-triggered retraining within the cooldown; recorded in the ledger"}

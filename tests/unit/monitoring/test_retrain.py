@@ -136,3 +136,33 @@ def test_corrupt_ledger_names_the_file(tmp_path: Path) -> None:
     ledger.write_text('{"not": "a list"}')
     with pytest.raises(ValueError, match="retrain_triggers.json"):
         last_retrain_trigger(lake)
+
+
+def test_a_drift_run_triggered_over_the_api_is_held_to_the_cooldown(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from continuous_training.config import DriftPolicy
+    from continuous_training.lake import Lake
+    from continuous_training.monitoring.retrain import (
+        admit_drift_run,
+        last_retrain_trigger,
+        record_retrain_trigger,
+    )
+
+    lake = Lake(tmp_path)
+    policy = DriftPolicy(cooldown_hours=6)
+    t0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    conf = {"reason": "drift in x", "drift_report": "/r.html", "drifted_columns": ["x"]}
+
+    first = admit_drift_run(lake, "api__drift__1", conf, policy, now=t0)
+    assert first["train"]
+    assert last_retrain_trigger(lake) == t0, "an admitted run counts for the monitor's cooldown too"
+    again = admit_drift_run(lake, "api__drift__1", conf, policy, now=t0 + timedelta(hours=1))
+    assert again["train"], "a re-run of an admitted run is admitted"
+    held = admit_drift_run(lake, "api__drift__2", conf, policy, now=t0 + timedelta(hours=1))
+    assert not held["train"]
+    assert "cooldown" in held["why"]
+    # The monitor's own trigger decided (and recorded) the cooldown itself: admitted.
+    record_retrain_trigger(lake, "scheduled__m", t0 + timedelta(hours=2), {"drifted_columns": ["x"]})
+    assert admit_drift_run(lake, "drift__scheduled__m", conf, policy, now=t0 + timedelta(hours=2))["train"]
+    assert admit_drift_run(lake, "api__drift__3", conf, policy, now=t0 + timedelta(hours=9))["train"]
