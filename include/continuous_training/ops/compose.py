@@ -48,6 +48,7 @@ from continuous_training.credentials import (
     write_private_json,
 )
 from continuous_training.ops.stack.errors import StackError
+from continuous_training.ops.stack.parts import part_kind, parts_of
 from continuous_training.settings import REPO_ROOT, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -551,16 +552,11 @@ def provision(settings: Settings, environ: Mapping[str, str] | None = None) -> d
 
 # ---- health checks ---------------------------------------------------------------------------------
 
-#: The services ``ct compose health`` checks (the kinds of the cluster's parts that run our image).
-HEALTH_KINDS = (
-    "smtp",
-    "mlflow",
-    "airflow-api-server",
-    "airflow-scheduler",
-    "airflow-dag-processor",
-    "airflow-triggerer",
-    "airflow-worker",
-    "endpoint",
+#: The services ``ct compose health`` checks: the kinds of the cluster's parts that run our image.
+HEALTH_KINDS = tuple(
+    kind
+    for kind in dict.fromkeys(part_kind(p) for p in parts_of(load_settings({"CT_DEPLOYMENT": "cluster"})))
+    if kind not in ("postgres", "redis")
 )
 
 
