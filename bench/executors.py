@@ -107,9 +107,10 @@ def ingest_burst(ctx: BenchContext, cluster: bool) -> dict[str, Any]:
     settings = load_settings(env)
     log = home / "ct.log"
     t0 = time.monotonic()
-    _ct(["stack", "up"], env, log)
-    up_s = time.monotonic() - t0
     try:
+        # Inside the try: a failed `up` leaves the parts that did start running, and `down` stops them.
+        _ct(["stack", "up"], env, log)
+        up_s = time.monotonic() - t0
         client = AirflowClient(settings.airflow_url, "admin", airflow_password(settings))
         client.wait_for_dags({"ingest", "train", "monitor"})
         for dag_id in ("train", "monitor"):
