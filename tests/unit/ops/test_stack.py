@@ -349,15 +349,9 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_for(predicate, timeout: float = 30.0, what: str = "a condition"):
-    import time
+    from services import wait_until
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return wait_until(predicate, timeout, what, interval=0.1)
 
 
 def test_a_part_that_dies_is_restarted_by_its_supervisor_and_status_counts_it(settings: Settings) -> None:

@@ -25,13 +25,9 @@ from continuous_training.ops.stack.supervise import (
 
 
 def _wait(predicate, timeout: float = 20.0, what: str = "a condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    from services import wait_until
+
+    return wait_until(predicate, timeout, what, interval=0.05)
 
 
 def _alive(pid: int) -> bool:
