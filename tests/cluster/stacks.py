@@ -130,6 +130,19 @@ class Cluster:
         assert pid is not None, f"{part} has no pid file"
         return pid
 
+    def child_pid(self, part: str) -> int:
+        """The pid of the part's process itself (its supervisor's child), from the supervisor's state."""
+        from continuous_training.ops.stack.process import part_state
+
+        state = part_state(self.settings, part) or {}
+        assert state.get("state") == "running", f"{part} is not running: {state}"
+        assert state.get("child_pid"), f"{part} has no child: {state}"
+        return int(state["child_pid"])
+
+    def restarts(self) -> dict[str, int]:
+        """Part -> restarts its supervisor made so far."""
+        return {part: info["restarts"] for part, info in self.status().items()}
+
     def demo_summary(self) -> dict[str, Any]:
         return json.loads((self.settings.demo_dir / "summary.json").read_text())
 

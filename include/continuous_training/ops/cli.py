@@ -81,7 +81,7 @@ def _stack_status(args: argparse.Namespace) -> int:
         health = ("healthy" if info["healthy"] else "UNHEALTHY") + f" ({info['health']})"
         if info["state"] == "stopped":
             health = "-"
-        if info.get("last_reason") and info["state"] in ("failed", "restarting", "orphaned"):
+        if info.get("last_reason") and info["state"] in ("failed", "restarting", "waiting", "orphaned"):
             health += f"; last exit: {info['last_reason']}"
         print(
             f"{part:<22} {info['state']:<10} {info['pid'] or '-':>8} {info.get('restarts') or 0:>8}  "

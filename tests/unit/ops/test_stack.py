@@ -509,3 +509,35 @@ def test_a_part_whose_supervisor_was_killed_shows_orphaned_and_down_stops_it(set
     finally:
         with __import__("contextlib").suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
+
+
+def test_the_parts_that_exit_without_postgresql_wait_for_it_instead_of_spending_restarts(tmp_path) -> None:
+    from continuous_training.ops.stack.parts import parts_of, restart_waits_for
+    from continuous_training.settings import load_settings
+
+    home = {"CT_HOME": str(tmp_path / "home")}
+    embedded = load_settings(home)
+    assert not any(restart_waits_for(embedded, part) for part in parts_of(embedded))
+
+    ours = load_settings({**home, "CT_DEPLOYMENT": "cluster", "CT_POSTGRES_PORT": "15433"})
+    waits = {part: restart_waits_for(ours, part) for part in parts_of(ours)}
+    database = ("127.0.0.1:15433",)
+    assert {part for part, w in waits.items() if w == database} == {
+        "mlflow",
+        "airflow-api-server",
+        "airflow-scheduler-1",
+        "airflow-scheduler-2",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    }
+    assert not any(w for part, w in waits.items() if w != database and w)
+
+    theirs = load_settings(
+        {
+            **home,
+            "CT_DEPLOYMENT": "cluster",
+            "CT_POSTGRES_URL": "postgresql://admin:pw@db.internal:6432/postgres",
+        }
+    )
+    assert restart_waits_for(theirs, "airflow-scheduler-1") == ("db.internal:6432",)
+    assert restart_waits_for(theirs, "airflow-worker-1") == ()

@@ -238,3 +238,60 @@ def test_a_stop_during_the_backoff_ends_without_a_restart(supervised) -> None:
     time.sleep(1.5)  # inside the second (2 s) backoff, or the first restart's child already died
     assert sup.stop() == 0
     assert sup.state["state"] == "stopped"
+
+
+# ---------------------------------------------------------------- dependencies
+
+
+def test_an_exit_while_a_dependency_refuses_connections_waits_for_it_with_a_fresh_budget(
+    supervised, tmp_path: Path
+) -> None:
+    # Like a scheduler without its database: the child exits at once while the port refuses, and
+    # would spend its one allowed restart in a second; the supervisor waits for the port instead.
+    import socket
+
+    from services import free_port
+
+    port = free_port()
+    script = f"""
+        import socket, sys, time
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=1).close()
+        except OSError:
+            print("no database", flush=True)
+            sys.exit(1)
+        print("child up", flush=True)
+        time.sleep(600)
+    """
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen()
+    try:
+        sup = supervised(script, "--max-restarts", "1", "--wait-for", f"127.0.0.1:{port}")
+        first = _wait(lambda: "child up" in sup.log and sup.state.get("child_pid"), what="the first child")
+    finally:
+        listener.close()  # the database goes away...
+    os.kill(first, signal.SIGKILL)  # ...and the part dies with it
+    _wait(lambda: sup.state.get("state") == "waiting", what="the supervisor waiting")
+    time.sleep(3)  # three polls: no restart while the port refuses
+    state = sup.state
+    assert (state["state"], state["restarts"], state["child_pid"]) == ("waiting", 0, None)
+    assert f"127.0.0.1:{port} refused connections" in state["last_reason"]
+    with socket.create_server(("127.0.0.1", port)):
+        second = _wait(lambda: sup.state.get("child_pid"), what="the child started again")
+        _wait(lambda: sup.log.count("child up") == 2, what="the second child up")
+    assert second != first
+    assert sup.state["restarts"] == 1
+    assert f"127.0.0.1:{port} accepts connections again after" in sup.log
+    assert sup.proc.poll() is None
+    assert sup.stop() == 0
+
+
+def test_wait_for_takes_host_and_port_only() -> None:
+    from continuous_training.ops.stack.supervise import parse_address
+
+    assert parse_address("127.0.0.1:5433") == ("127.0.0.1", 5433)
+    assert parse_address("[::1]:5433") == ("::1", 5433)
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        parse_address("localhost")

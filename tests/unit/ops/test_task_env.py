@@ -169,3 +169,42 @@ print(json.dumps({
     assert seen["api_timeout"] == task_env.EXECUTION_API_TIMEOUT_S
     assert sum(seen["waits"]) == task_env.execution_api_call_ridden_s()
     assert seen["mlflow"] == [*_mlflow_budget(config), False]
+
+
+# ------------------------------------------------------------------------------------------ the broker
+
+
+def test_the_broker_settings_are_the_clusters_only(settings, monkeypatch):
+    from continuous_training.settings import load_settings
+
+    broker = task_env.broker_config()
+    assert all(isinstance(v, str) and v for v in broker.values())
+    assert not broker.keys() & airflow_config(settings).keys()  # the embedded stack has no broker
+    monkeypatch.setenv("CT_DEPLOYMENT", "cluster")
+    assert broker.items() <= airflow_config(load_settings()).items()
+
+
+def test_a_refused_publish_is_cut_off_as_a_timeout_which_the_executor_retries():
+    """Celery's default policy gives up on a refused broker in 0.6 s and the executor fails the task;
+    ours keeps kombu retrying past ``operation_timeout``, and a publish that timed out is retried."""
+    from kombu.utils.functional import fxrange
+
+    policy = json.loads(task_env.broker_config()["AIRFLOW__CELERY__EXTRA_CELERY_CONFIG"])[
+        "task_publish_retry_policy"
+    ]
+    intervals = fxrange(
+        policy["interval_start"],
+        policy["interval_max"] + policy["interval_start"],
+        policy["interval_step"],
+        repeatlast=True,
+    )
+    retrying_s = sum(next(intervals) for _ in range(policy["max_retries"]))
+    assert retrying_s > 10 * task_env.PUBLISH_TIMEOUT_S
+    assert task_env.broker_outage_tolerated_s() >= 120  # a Redis restart, or a minute or two down
+
+
+def test_no_task_is_redelivered_while_it_runs_and_a_lost_message_is_requeued_within_minutes():
+    longest_task_s = max(timeout.total_seconds() for timeout in TASK_TIMEOUTS.values())
+    assert task_env.VISIBILITY_TIMEOUT_S >= 2 * longest_task_s
+    lost_after_s = task_env.TASK_QUEUED_TIMEOUT_S + task_env.TASK_QUEUED_CHECK_INTERVAL_S
+    assert lost_after_s <= 6 * 60

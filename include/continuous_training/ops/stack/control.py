@@ -463,10 +463,12 @@ def stack_status(settings: Settings | None = None) -> dict[str, dict]:
         settings: the stack settings (default :func:`load_settings`).
 
     Returns:
-        Part -> ``{"state": "running"|"restarting"|"failed"|"orphaned"|"stopped", "pid": int|None, "url":
+        Part -> ``{"state": "running"|"restarting"|"waiting"|"failed"|"orphaned"|"stopped", "pid": int|None, "url":
         str|None, "healthy": bool, "health": str, "log": str, "restarts": int, "last_exit": str|None,
         "last_reason": str|None}``. ``restarts`` counts the supervisor's restarts since the part
-        started; ``restarting``: the child died and the supervisor waits to start it again; ``failed``:
+        started; ``restarting``: the child died and the supervisor waits to start it again;
+        ``waiting``: the child died while a service it needs (PostgreSQL) refused connections, and the
+        supervisor waits for that service; ``failed``:
         the supervisor gave up (``last_reason`` says why, ``ct stack up`` starts it afresh);
         ``orphaned``: the supervisor was killed but processes of the part still run (``down`` or the
         next ``up`` stops them). A stale pid file is removed on the way.
@@ -492,7 +494,9 @@ def stack_status(settings: Settings | None = None) -> dict[str, dict]:
                 detail = f"supervisor {recorded} is gone, pids {left} still run; `ct stack down` stops them"
         else:
             healthy, detail = _part_health(settings, part, airflow)
-            state = "restarting" if supervisor.get("state") == "restarting" else "running"
+            state = (
+                supervisor.get("state") if supervisor.get("state") in ("restarting", "waiting") else "running"
+            )
         last_exit = supervisor.get("last_exit") or {}
         result[part] = {
             "state": state,

@@ -19,7 +19,7 @@ from typing import Any
 from continuous_training.credentials import MLFLOW_PIPELINE, mlflow_client_env
 from continuous_training.ops.stack.secrets import ADMIN_USER, passwords_file, secret_env
 from continuous_training.ops.stack.sqlite import sqlite_airflow_config
-from continuous_training.ops.stack.task_env import task_runtime_config
+from continuous_training.ops.stack.task_env import broker_config, task_runtime_config
 from continuous_training.settings import Settings
 
 
@@ -193,6 +193,8 @@ def _cluster_config(settings: Settings) -> dict[str, str]:
         # Without it bundles are cloned into a folder shared by every Airflow under the system's temp dir.
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(settings.airflow_home / "dag_bundles"),
         f"AIRFLOW_CONN_{GIT_CONN_ID.upper()}": json.dumps({"conn_type": "git", "host": settings.dags_repo}),
+        # A broker restart delays tasks instead of failing them.
+        **broker_config(),
     }
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from continuous_training.credentials import MLFLOW_ENDPOINT, mlflow_client_env
 from continuous_training.ops.hostname import PROCESS_NAME_VAR
-from continuous_training.ops.stack.cluster import database_url, postgres_command, redis_command
+from continuous_training.ops.stack.cluster import database_url, postgres_command, redis_command, server
 from continuous_training.ops.stack.env import (
     _local_url,
     _process_env,
@@ -163,6 +163,27 @@ class _Part:
     #: What stops the part cleanly. PostgreSQL's SIGTERM is a "smart" shutdown that waits for every
     #: client to disconnect; SIGINT is its "fast" one (transactions rolled back, a clean checkpoint).
     stop_signal: str = "SIGTERM"
+    #: ``HOST:PORT`` of the services whose outage makes the part exit: its supervisor waits for them
+    #: instead of spending its restarts (see :mod:`~continuous_training.ops.stack.supervise`).
+    waits_for: tuple[str, ...] = ()
+
+
+def restart_waits_for(settings: Settings, part: str) -> tuple[str, ...]:
+    """What the supervisor of ``part`` waits for after an exit: PostgreSQL, for the parts that use it.
+
+    In the cluster, the API server, the schedulers, the dag-processor, the triggerer and MLflow exit
+    within seconds when PostgreSQL refuses connections (measured); the workers and the rest ride it out.
+    """
+    if not settings.cluster or part_kind(part) not in (
+        "mlflow",
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    ):
+        return ()
+    where = server(settings)
+    return (f"{_url_host(where.host)}:{where.port}",)
 
 
 def part_url(settings: Settings, part: str) -> str | None:
@@ -182,6 +203,12 @@ def part_url(settings: Settings, part: str) -> str | None:
 
 
 def _part_spec(settings: Settings, name: str, env_cache: dict[str, dict[str, str]]) -> _Part:
+    part = _command_spec(settings, name, env_cache)
+    waits = restart_waits_for(settings, name)
+    return part if not waits else replace(part, waits_for=waits)
+
+
+def _command_spec(settings: Settings, name: str, env_cache: dict[str, dict[str, str]]) -> _Part:
     bindir = bin_dir()
     host = settings.host
 

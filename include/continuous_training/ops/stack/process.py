@@ -232,7 +232,12 @@ def _launch(settings: Settings, spec: _Part) -> int:
     # A state left by an earlier run would tell `up` about exits of another process.
     state.unlink(missing_ok=True)
     command = supervise_command(
-        spec.name, state, spec.command, python=str(bin_dir() / "python"), stop_signal=spec.stop_signal
+        spec.name,
+        state,
+        spec.command,
+        python=str(bin_dir() / "python"),
+        stop_signal=spec.stop_signal,
+        wait_for=spec.waits_for,
     )
     with open(path, "ab") as out:
         out.write(f"\n==== {datetime.now(UTC).isoformat()} starting: {' '.join(spec.command)}\n".encode())

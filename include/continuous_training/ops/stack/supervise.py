@@ -15,13 +15,20 @@ holding the port), waits 1, 2, 4, ... s (capped at :data:`MAX_BACKOFF_S`; reset 
 for ``--window`` seconds) and starts CMD again. More than ``--max-restarts`` restarts within
 ``--window`` seconds and it gives up: state ``failed``, exit code :data:`EXIT_GAVE_UP`.
 
+Dependencies. ``--wait-for HOST:PORT`` (repeatable) names a service the child cannot run without (the
+Airflow parts and MLflow exit within seconds when PostgreSQL refuses connections). When the child
+exits while one of them refuses TCP connections, the supervisor waits (state ``waiting``, checking
+every :data:`DEPENDENCY_POLL_S` seconds, for as long as it takes) until all of them accept, then
+starts the child with a fresh restart budget: that exit was the dependency's outage, not the part's
+fault, and a database restart of any length must not make its clients give up.
+
 Stop. On SIGTERM or SIGINT the supervisor sends its child ``--child-stop-signal`` (SIGTERM; SIGINT for PostgreSQL's fast shutdown) (and the child's own process
 group, if it made one), waits up to ``--stop-timeout`` seconds, then stops the rest of the session (the
 task runners, which run in process groups of their own) the same way, SIGKILLs whatever is left and
 exits 0 with state ``stopped``. It never restarts after a stop was asked.
 
 State file. ``$CT_HOME/run/<part>.state``, JSON, replaced atomically on every change: ``part``,
-``state`` (``running``, ``restarting``, ``failed``, ``stopping``, ``stopped``), ``supervisor_pid``,
+``state`` (``running``, ``restarting``, ``waiting``, ``failed``, ``stopping``, ``stopped``), ``supervisor_pid``,
 ``child_pid``, ``restarts`` (since the supervisor started), ``exits`` (child exits, the last one
 included when it was not restarted), ``last_exit`` (``code``, ``signal``, ``uptime_s``, ``at``),
 ``last_reason`` (a sentence), ``started_at``, ``child_started_at``, ``updated_at``. ``ct stack
@@ -38,9 +45,11 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +64,8 @@ STOP_TIMEOUT_S = 40.0
 #: Seconds what a dead child left behind gets after SIGTERM before SIGKILL.
 LEFTOVER_TIMEOUT_S = 10.0
 EXIT_GAVE_UP = 3
+#: Seconds between two checks of a ``--wait-for`` dependency while it is down.
+DEPENDENCY_POLL_S = 1.0
 MODULE = "continuous_training.ops.stack.supervise"
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -135,6 +146,26 @@ def _session_members(sid: int, exclude: int) -> list[int]:
     return members
 
 
+def refusing(addresses: list[tuple[str, int]], timeout_s: float = 1.0) -> list[str]:
+    """The ``host:port`` of ``addresses`` that do not accept a TCP connection within ``timeout_s``."""
+    down = []
+    for host, port in addresses:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                pass
+        except OSError:
+            down.append(f"{host}:{port}")
+    return down
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as ``(host, port)``; ValueError naming what was expected."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--wait-for: expected HOST:PORT, found {value!r}")
+    return host.strip("[]"), int(port)
+
+
 def _reap() -> None:
     """Collect exited descendants re-parented to us (we are their subreaper)."""
     while True:
@@ -159,8 +190,10 @@ class Supervisor:
         stop_timeout_s: float = STOP_TIMEOUT_S,
         max_backoff_s: float = MAX_BACKOFF_S,
         child_stop_signal: signal.Signals = signal.SIGTERM,
+        wait_for: list[tuple[str, int]] | None = None,
     ) -> None:
         self.part = part
+        self.wait_for = list(wait_for or [])
         self.child_stop_signal = child_stop_signal
         self.state_file = state_file
         self.command = command
@@ -304,6 +337,24 @@ class Supervisor:
         _reap()
         return left
 
+    def _wait_for_dependencies(self, exit_info: dict[str, Any]) -> bool:
+        """Wait until every ``--wait-for`` address accepts connections; whether any refused at first."""
+        down = refusing(self.wait_for)
+        if not down:
+            return False
+        reason = f"{exit_info['reason']} while {', '.join(down)} refused connections"
+        _say(self.part, f"{reason}: waiting for it before restarting (not counted against the restarts)")
+        self._save(state="waiting", last_exit=exit_info, last_reason=reason, child_pid=None)
+        waited = time.monotonic()
+        while not self.stopping and refusing(self.wait_for):
+            self._sleep(DEPENDENCY_POLL_S)
+        if not self.stopping:
+            _say(
+                self.part,
+                f"{', '.join(down)} accepts connections again after {time.monotonic() - waited:.1f} s",
+            )
+        return True
+
     def _start_child(self) -> None:
         self.child = subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
         self.child_started = time.monotonic()
@@ -340,6 +391,12 @@ class Supervisor:
                 return 0
             _say(self.part, f"pid {self.child.pid} {exit_info['reason']}: unexpected")
             self.stop_leftovers(LEFTOVER_TIMEOUT_S)
+            if self._wait_for_dependencies(exit_info):
+                self.restart_times.clear()  # the dependency's outage, not the part's: a fresh budget
+            if self.stopping:
+                self._announce_stop()
+                self._save(state="stopped")
+                return 0
             now = time.monotonic()
             if uptime >= self.window_s:
                 self.restart_times.clear()  # a long healthy run: start the backoff afresh
@@ -389,11 +446,12 @@ def supervise_command(
     max_restarts: int = MAX_RESTARTS,
     window_s: float = WINDOW_S,
     stop_signal: str = "SIGTERM",
+    wait_for: Iterable[str] = (),
 ) -> list[str]:
     """The command line that runs ``command`` under a supervisor.
 
     ``stop_signal`` is what the supervisor sends its child to stop it (SIGTERM; PostgreSQL's fast
-    shutdown is SIGINT).
+    shutdown is SIGINT); ``wait_for``, ``HOST:PORT`` of the services it cannot run without.
 
     It contains ``command`` unchanged after ``--``, so a check of the part's command line (the
     cmdline markers of :mod:`~continuous_training.ops.stack.parts`) still matches.
@@ -412,6 +470,7 @@ def supervise_command(
         f"{window_s:g}",
         "--child-stop-signal",
         stop_signal,
+        *(arg for address in wait_for for arg in ("--wait-for", address)),
         "--",
         *command,
     ]
@@ -443,6 +502,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=["SIGTERM", "SIGINT", "SIGQUIT"],
         help="what stops the child cleanly",
     )
+    parser.add_argument(
+        "--wait-for",
+        action="append",
+        default=[],
+        type=parse_address,
+        metavar="HOST:PORT",
+        help="a service the child needs: after an exit while it is down, wait for it (repeatable)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -457,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_timeout_s=args.stop_timeout,
         max_backoff_s=args.max_backoff,
         child_stop_signal=signal.Signals[args.child_stop_signal],
+        wait_for=args.wait_for,
     )
     return supervisor.run()
 

@@ -47,6 +47,8 @@ while ``ct stack up`` restarted a stopped tracking server answered after 30 s.
 
 from __future__ import annotations
 
+import json
+
 from continuous_training.settings import Settings
 
 # ------------------------------------------------------------------------------------- MLflow client
@@ -87,6 +89,61 @@ EXECUTION_API_TIMEOUT_S = 5.0
 #: After a restart the API server answers its first execution-API call 5-7 s late (it starts that app
 #: lazily, measured); counted against the outage a task survives.
 API_WARM_UP_S = 7.0
+
+
+# ------------------------------------------------------------------------- the broker (cluster only)
+
+#: ``[celery] operation_timeout`` (default 1.0): one publish of a task message to the broker may take
+#: this long (the scheduler's loop waits for it); then it raises ``AirflowTaskTimeout``.
+PUBLISH_TIMEOUT_S = 1.0
+#: kombu's retry of one publish while the broker refuses connections (``task_publish_retry_policy``;
+#: Celery's default gives up after 3 quick retries, 0.6 s, and the executor then *fails* the task):
+#: retries every 0.2-0.5 s until :data:`PUBLISH_TIMEOUT_S` cuts it off as a timeout, which the
+#: executor retries at its next heartbeat instead.
+PUBLISH_RETRY_POLICY = {"max_retries": 100, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+#: ``[celery] task_publish_max_retries`` (default 3): publishes that timed out, tried again once per
+#: scheduler loop (1 s of publishing plus the loop's own second or so), before the task is failed.
+PUBLISH_ATTEMPTS = 150
+#: ``[scheduler] task_queued_timeout`` (default 600) and its check interval (default 120): a task
+#: whose message was lost (Redis restarted without persistence after the message was sent, before a
+#: worker took it) is revoked and scheduled again after this long, twice, then failed. Nothing waits
+#: that long in ``queued`` otherwise: the schedulers queue at most ``parallelism`` tasks, the
+#: workers' slots. Also the lifetime of the token a queued task authenticates with.
+TASK_QUEUED_TIMEOUT_S = 300
+TASK_QUEUED_CHECK_INTERVAL_S = 60
+#: ``[celery_broker_transport_options] visibility_timeout``: Redis hands an unacknowledged message
+#: to another worker after this long (acks are late, at the task's end). Airflow's default is 24 h
+#: and it warns when unset; ours is twice the longest ``execution_timeout`` of a task (30 min),
+#: so no task is redelivered while it runs.
+VISIBILITY_TIMEOUT_S = 3600
+
+
+def broker_outage_tolerated_s() -> float:
+    """At least how long the broker may refuse connections before a task waiting to be queued fails.
+
+    Each of :data:`PUBLISH_ATTEMPTS` publishes lasts :data:`PUBLISH_TIMEOUT_S` (the scheduler's loop
+    adds its own second or so between two, so the real figure is about twice this).
+    """
+    return PUBLISH_ATTEMPTS * PUBLISH_TIMEOUT_S
+
+
+def broker_config() -> dict[str, str]:
+    """The Celery executor's tolerance of a broker that is down or lost its messages (cluster only).
+
+    Returns:
+        Variable name -> value, ``AIRFLOW__CELERY__*``, ``AIRFLOW__SCHEDULER__TASK_QUEUED_*`` and
+        ``AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT``.
+    """
+    return {
+        "AIRFLOW__CELERY__OPERATION_TIMEOUT": str(PUBLISH_TIMEOUT_S),
+        "AIRFLOW__CELERY__TASK_PUBLISH_MAX_RETRIES": str(PUBLISH_ATTEMPTS),
+        "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": json.dumps(
+            {"task_publish_retry_policy": PUBLISH_RETRY_POLICY}
+        ),
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": str(TASK_QUEUED_TIMEOUT_S),
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": str(TASK_QUEUED_CHECK_INTERVAL_S),
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
+    }
 
 
 def mlflow_backoff_sleeps(
