@@ -8,7 +8,7 @@ export PYTHONPYCACHEPREFIX ?= $(CURDIR)/.ct/pycache
 # With PYTHONDONTWRITEBYTECODE set no cache is written at all, prefix or not.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install lock demo demo-cluster test test-e2e test-cluster bench bench-quick lint format stack-up stack-down stack-status clean
+.PHONY: install lock demo demo-cluster test test-e2e test-ui test-cluster bench bench-quick lint format stack-up stack-down stack-status clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,9 @@ test: install
 
 test-e2e: install
 	$(BIN)/pytest -m e2e
+
+test-ui: install  ## the UI in Debian's chromium, on a stack of its own after the demo (~8 min)
+	$(BIN)/pytest -m ui tests/ui
 
 test-cluster: install  ## stacks under load and failures: the embedded one, then the cluster (~30 min)
 	$(BIN)/pytest -m cluster tests/cluster -k embedded

@@ -68,17 +68,19 @@ from continuous_training.adapter.defaults import TRAINING_POOL, TRAINING_QUEUE, 
             title="Force",
             description="Train even if nothing changed and skip the no-regression rule (never the floor).",
         ),
+        # Filled in by the monitor DAG, empty in a manual trigger: nullable, so the form submits as is
+        # (a string or array Param without null is a required field in the trigger form).
         "drift_report": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Drift report",
-            description="Set by the monitor DAG: the drift report that triggered this run.",
+            description="Set by the monitor DAG: the drift report that triggered this run. Leave empty.",
         ),
         "drifted_columns": Param(
-            [],
-            type="array",
+            None,
+            type=["null", "array"],
             title="Drifted columns",
-            description="Set by the monitor DAG: the columns found drifting.",
+            description="Set by the monitor DAG: the columns found drifting. Leave empty.",
         ),
     },
 )

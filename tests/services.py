@@ -25,6 +25,10 @@ from continuous_training.settings import load_settings
 BIN = Path(sys.executable).parent
 
 
+#: The `ct` command of the venv running the tests.
+CT = Path(sys.executable).parent / "ct"
+
+
 def free_port() -> int:
     """A loopback port nothing listens on now."""
     import socket
@@ -266,6 +270,19 @@ def isolated_stack_env(home: Path, **overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return env
+
+
+def run_ct(args: list[str], env: dict[str, str], log: Path, timeout: float) -> None:
+    """Run ``ct ARGS`` with ``env``, its output appended to ``log``; fail with the log's tail."""
+    with open(log, "ab") as out:
+        out.write(f"\n==== ct {' '.join(args)}\n".encode())
+        out.flush()
+        done = subprocess.run(
+            [str(CT), *args], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False
+        )
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace")[-4000:]
+        raise AssertionError(f"`ct {' '.join(args)}` exited with {done.returncode}; {log}:\n{tail}")
 
 
 def processes_of_home(home: Path) -> dict[int, str]:

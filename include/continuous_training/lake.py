@@ -15,6 +15,7 @@ Layout under the lake root (``CT_LAKE``, default ``$CT_HOME/lake``)::
     monitoring/retrain_triggers.json            ledger of drift-triggered retrainings (the cooldown)
     reports/drift/<run>/                        drift reports (HTML + JSON)
     alerts/<event>.json                         ledger of alert mails already sent (one mail per event)
+    registry/<model>/champion_moves/<move>.json  every move of the champion alias (who, when, from, to, why)
 
 A partition folder (raw, validated, quarantine) holds ``data.parquet`` and ``_manifest.json``
 (:func:`data_file`, :func:`manifest_file`); a quarantine folder also keeps the evidence named by the
@@ -109,6 +110,10 @@ class Lake:
 
     def drift_report_dir(self, run_key: str) -> Path:
         return self.root / "reports" / "drift" / safe_name(run_key)
+
+    def champion_moves(self, model: str) -> Path:
+        """The folder of the champion alias's moves of one registered model (one JSON file per move)."""
+        return self.root / "registry" / safe_name(model) / "champion_moves"
 
     def alert_ledger(self, event_key: str) -> Path:
         return self.root / "alerts" / f"{safe_name(event_key)}.json"

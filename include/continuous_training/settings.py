@@ -88,6 +88,9 @@ class Settings:
         mlflow_tracking_uri: MLflow tracking server (``CT_MLFLOW_TRACKING_URI``).
         endpoint_url: the prediction endpoint (``CT_ENDPOINT_URL``).
         airflow_url: the Airflow API server / UI (``CT_AIRFLOW_URL``).
+        public_url: where people reach the Airflow UI, and with it the project's pages (``CT_PUBLIC_URL``,
+            default ``airflow_url``): the base of every link in a mail. Set it to the address on-call
+            opens from their own machine (a DNS name behind the team's proxy).
         smtp_conn_id: Airflow connection used for alert mail (``CT_SMTP_CONN_ID``).
         endpoint_workers: worker processes of the prediction endpoint (``CT_ENDPOINT_WORKERS``); a deploy
             waits until each of them serves the new champion.
@@ -131,6 +134,7 @@ class Settings:
     mlflow_tracking_uri: str
     endpoint_url: str
     airflow_url: str
+    public_url: str = ""
     smtp_conn_id: str = DEFAULT_SMTP_CONN_ID
     endpoint_workers: int = 2
     endpoint_poll_seconds: float = 2.0
@@ -153,6 +157,10 @@ class Settings:
     dags_ref: str = "main"
     dags_subdir: str = "dags"
     repo_root: Path = field(default=REPO_ROOT)
+
+    def __post_init__(self) -> None:
+        if not self.public_url:  # people reach the UI where the stack serves it
+            object.__setattr__(self, "public_url", self.airflow_url.rstrip("/"))
 
     @property
     def cluster(self) -> bool:
@@ -244,7 +252,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         smtp_port=smtp_port,
         mlflow_tracking_uri=env.text("CT_MLFLOW_TRACKING_URI", f"http://{host}:{mlflow_port}"),
         endpoint_url=env.text("CT_ENDPOINT_URL", f"http://{host}:{endpoint_port}"),
-        airflow_url=env.text("CT_AIRFLOW_URL", f"http://{host}:{airflow_port}"),
+        airflow_url=(airflow_url := env.text("CT_AIRFLOW_URL", f"http://{host}:{airflow_port}")),
+        public_url=env.text("CT_PUBLIC_URL", airflow_url).rstrip("/"),
         smtp_conn_id=env.text("CT_SMTP_CONN_ID", DEFAULT_SMTP_CONN_ID),
         endpoint_workers=env.integer("CT_ENDPOINT_WORKERS", 2, "a number of worker processes"),
         endpoint_poll_seconds=env.seconds("CT_ENDPOINT_POLL_SECONDS", 2.0),

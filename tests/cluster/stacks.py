@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,27 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
-from services import free_port, isolated_stack_env, processes_of_home
+from services import free_port, isolated_stack_env, processes_of_home, run_ct
 
 from continuous_training.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
-CT = Path(sys.executable).parent / "ct"
 UP_TIMEOUT_S = 900
 DOWN_TIMEOUT_S = 300
-
-
-def run_ct(args: list[str], env: dict[str, str], log: Path, timeout: float) -> None:
-    """Run ``ct ARGS`` with ``env``, its output appended to ``log``; fail with the log's tail."""
-    with open(log, "ab") as out:
-        out.write(f"\n==== ct {' '.join(args)}\n".encode())
-        out.flush()
-        done = subprocess.run(
-            [str(CT), *args], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False
-        )
-    if done.returncode != 0:
-        tail = log.read_text(errors="replace")[-4000:]
-        raise AssertionError(f"`ct {' '.join(args)}` exited with {done.returncode}; {log}:\n{tail}")
 
 
 def dags_repository(folder: Path) -> Path:

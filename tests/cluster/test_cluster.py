@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from services import wait_until
-from stacks import CT, commit, kill_tree, run_ct
+from services import CT, wait_until
+from stacks import commit, kill_tree, run_ct
 
 from continuous_training.ops.mailsink import read_mail
 from continuous_training.ops.simulate import DRIFT_COLUMNS

@@ -150,6 +150,20 @@ def test_train_params_form(dagbag):
     assert params["reason"] == "manual"
 
 
+@pytest.mark.parametrize("dag_id", ["ingest", "train", "monitor"])
+def test_every_trigger_form_submits_with_its_defaults(dagbag, dag_id):
+    """The UI's trigger form treats a field as required unless its type allows null, and an empty
+    string or list as not filled in: such a Param must be nullable, or the Trigger button stays off."""
+    params = dagbag.dags[dag_id].params
+    for name in params:
+        param = params.get_param(name)
+        types = param.schema.get("type")
+        types = types if isinstance(types, list) else [types]
+        empty = param.value in (None, "", [], {})
+        assert not empty or "null" in types, f"{dag_id}.{name}: empty default {param.value!r}, type {types}"
+    params.validate()  # and the defaults are valid values
+
+
 def test_train_param_validation_refuses_bad_values(dagbag):
     from airflow.sdk.definitions.param import ParamValidationError
 

@@ -25,11 +25,12 @@ GROUND = {
     "features",
     "lake",
     "lineage",
+    "links",
     "modelstore",
     "predlog",
     "provenance",
 }
-ROOMS = ("data", "model", "serving", "monitoring", "alerts", "adapter", "ops")
+ROOMS = ("data", "model", "serving", "monitoring", "alerts", "ui", "adapter", "ops")
 #: Which rooms each room may import (besides itself). The ground floor imports only the ground floor.
 ALLOWED = {
     "ground": {"ground"},
@@ -39,11 +40,13 @@ ALLOWED = {
     "serving": {"ground", "alerts"},
     "monitoring": {"ground"},
     "alerts": {"ground"},
+    # The pages of the Airflow plugin read what the stages wrote (they never run a stage).
+    "ui": {"ground", "data", "model", "monitoring"},
     "adapter": {"ground", "data", "model", "monitoring", "alerts"},
     "ops": {"ground", "data", "model", "serving", "monitoring"},
 }
 #: The rooms whose modules may import Airflow.
-KNOW_AIRFLOW = {"adapter", "alerts"}
+KNOW_AIRFLOW = {"adapter", "alerts", "ui"}
 STAGES = ("data", "model", "monitoring")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.utils.deprecation_tools import DeprecatedImportWarning
 
+from continuous_training import links
 from continuous_training.alerts import mail
 from continuous_training.alerts.notifier import notify
 from continuous_training.config import load_policy
@@ -39,7 +40,12 @@ def _lake() -> Lake:
 
 
 def _run_url(dag_id: str, run_id: str) -> str:
-    return mail.airflow_run_url(load_settings().airflow_url, dag_id, run_id)
+    return links.airflow_run_url(load_settings().public_url, dag_id, run_id)
+
+
+def _page_url(*segments: str) -> str:
+    """A page of the project's UI, at the address people open (``CT_PUBLIC_URL``)."""
+    return links.ui_url(load_settings().public_url, *segments)
 
 
 # --------------------------------------------------------------------------------------------- ingest
@@ -114,6 +120,7 @@ def quarantine_partition(validation: dict[str, Any], *, run_id: str = "") -> dic
             quarantine_path=kept["path"],
             landing_path=str(lake.landing(day)),
             run_url=_run_url("ingest", run_id) if run_id else None,
+            page_url=links.quarantine_url(load_settings().public_url, day, Path(kept["path"]).name),
         )
     )
     return {"day": day, "path": kept["path"], "failed": lines}
@@ -265,7 +272,12 @@ def deploy(registered: dict[str, Any], lineage: dict[str, str]) -> dict[str, Any
         raise
     log.info("Smoke test of %s v%s passed: %s", name, version, smoke)
     try:
-        promoted = promote_champion(name, version, endpoint_url=load_settings().endpoint_url)
+        promoted = promote_champion(
+            name,
+            version,
+            endpoint_url=load_settings().endpoint_url,
+            moved_by={**lineage, "task_id": "deploy"},
+        )
     except DeployRolledBack as exc:
         notify(
             mail.deploy_rolled_back_mail(
@@ -274,6 +286,7 @@ def deploy(registered: dict[str, Any], lineage: dict[str, str]) -> dict[str, Any
                 error=str(exc),
                 dag_run_id=lineage["dag_run_id"],
                 run_url=_run_url(lineage["dag_id"], lineage["dag_run_id"]),
+                page_url=_page_url("evaluation", registered["run_id"]),
             )
         )
         raise
@@ -291,8 +304,9 @@ def notify_gate_blocked(run_id: str, lineage: dict[str, str]) -> bool:
         mail.gate_blocked_mail(
             run_id=run_id,
             verdict=verdict,
-            mlflow_url=mail.mlflow_run_url(load_settings().mlflow_tracking_uri, experiment_id, run_id),
+            mlflow_url=links.mlflow_run_url(load_settings().mlflow_tracking_uri, experiment_id, run_id),
             run_url=_run_url(lineage["dag_id"], lineage["dag_run_id"]),
+            page_url=_page_url("evaluation", run_id),
         )
     )
 
@@ -353,7 +367,14 @@ def compute_drift(collected: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 def alert_drift(drift: dict[str, Any], run_id: str) -> bool:
     """Mail on-call the drifted columns, their scores and the report (once per monitor run)."""
-    return notify(mail.drift_mail(drift=drift, monitor_run_id=run_id, run_url=_run_url("monitor", run_id)))
+    return notify(
+        mail.drift_mail(
+            drift=drift,
+            monitor_run_id=run_id,
+            run_url=_run_url("monitor", run_id),
+            page_url=_page_url("drift", Path(drift["report_html"]).parent.name),
+        )
+    )
 
 
 def retrain_due(

@@ -48,22 +48,26 @@ class Mail:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Link:
+    """A value of :func:`render_table` shown as a link (``text`` defaults to the URL)."""
+
+    url: str
+    text: str = ""
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, Link):
+        return f'<a href="{html.escape(value.url, quote=True)}">{html.escape(value.text or value.url)}</a>'
+    return html.escape(str(value))
+
+
 def render_table(rows: Sequence[tuple[str, Any]]) -> str:
-    """A two-column HTML table of (label, value), values escaped."""
+    """A two-column HTML table of (label, value), values escaped; a :class:`Link` value is a link."""
     cells = "".join(
-        f'<tr><th align="left">{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>' for k, v in rows
+        f'<tr><th align="left">{html.escape(str(k))}</th><td>{_cell(v)}</td></tr>' for k, v in rows
     )
     return f"<table>{cells}</table>"
-
-
-def airflow_run_url(airflow_url: str, dag_id: str, run_id: str) -> str:
-    """The Airflow UI page of a DAG run."""
-    return f"{airflow_url}/dags/{dag_id}/runs/{run_id}"
-
-
-def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI page of a run."""
-    return f"{tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def bad_data_mail(
@@ -74,6 +78,7 @@ def bad_data_mail(
     quarantine_path: str,
     landing_path: str,
     run_url: str | None,
+    page_url: str,
 ) -> Mail:
     """A batch failed validation and was quarantined.
 
@@ -84,6 +89,7 @@ def bad_data_mail(
         quarantine_path: where the batch and its evidence are kept.
         landing_path: the landing folder to drop a corrected export in.
         run_url: the ingest run's page, if known.
+        page_url: the batch on the project's Quarantine page (failed expectations, failing rows).
     """
     body = (
         f"<h2>Bad data: the batch of {html.escape(day)} was quarantined</h2>"
@@ -98,9 +104,9 @@ def bad_data_mail(
                 ("Rows", outcome.get("rows")),
                 ("Rows failing a row-level check", outcome.get("bad_rows", "-")),
                 ("Batch sha256", outcome["sha256"]),
-                ("Quarantined in (the batch, its GX result, the failing rows)", quarantine_path),
-                ("Landing files", landing_path),
-                ("Ingest run", run_url or "-"),
+                ("The batch: failed expectations, failing rows", Link(page_url)),
+                ("Landing folder (on the server)", landing_path),
+                ("Ingest run", Link(run_url) if run_url else "-"),
             ]
         )
         + "<p>To recover: replace the bad file(s) in the landing folder with a corrected export (the bad "
@@ -110,11 +116,13 @@ def bad_data_mail(
         event_key=f"bad-data/{day}/{outcome['sha256'][:12]}",
         subject=f"Bad data: batch of {day} quarantined ({len(outcome['failed'])} expectation(s) failed)",
         html=body,
-        details={"day": day, "failed": list(failures), "quarantine": quarantine_path},
+        details={"day": day, "failed": list(failures), "quarantine": quarantine_path, "page": page_url},
     )
 
 
-def deploy_rolled_back_mail(*, name: str, version: str, error: str, dag_run_id: str, run_url: str) -> Mail:
+def deploy_rolled_back_mail(
+    *, name: str, version: str, error: str, dag_run_id: str, run_url: str, page_url: str
+) -> Mail:
     """A deploy was not confirmed by the endpoint and the champion alias went back.
 
     Args:
@@ -123,16 +131,20 @@ def deploy_rolled_back_mail(*, name: str, version: str, error: str, dag_run_id: 
         error: what the deploy step said (the rollback target included).
         dag_run_id: the train run that deployed.
         run_url: its page.
+        page_url: the version's evaluation on the project's pages (gate verdict, report).
     """
     return Mail(
         event_key=f"deploy-rolled-back/{name}/{version}/{dag_run_id}",
         subject=f"Deploy rolled back: {name} v{version} was not served",
         html=f"<h2>Deploy of {html.escape(name)} v{html.escape(version)} rolled back</h2>"
-        f"<p>{html.escape(error)}</p>" + render_table([("Train run", run_url)]),
+        f"<p>{html.escape(error)}</p>"
+        + render_table([("Train run", Link(run_url)), ("The version's evaluation", Link(page_url))]),
     )
 
 
-def gate_blocked_mail(*, run_id: str, verdict: Mapping[str, Any], mlflow_url: str, run_url: str) -> Mail:
+def gate_blocked_mail(
+    *, run_id: str, verdict: Mapping[str, Any], mlflow_url: str, run_url: str, page_url: str
+) -> Mail:
     """The gate refused a challenger; the champion stays.
 
     Args:
@@ -140,6 +152,7 @@ def gate_blocked_mail(*, run_id: str, verdict: Mapping[str, Any], mlflow_url: st
         verdict: the gate verdict (reasons, metric, values, floor, champion version).
         mlflow_url: the run's MLflow page (its evaluation report is under Artifacts).
         run_url: the train run's page.
+        page_url: the verdict and the evaluation report on the project's pages.
     """
     body = (
         "<h2>Gate blocked the challenger</h2><p>The serving champion stays in place.</p><ul>"
@@ -152,8 +165,9 @@ def gate_blocked_mail(*, run_id: str, verdict: Mapping[str, Any], mlflow_url: st
                 ("Champion", verdict.get("champion_value")),
                 ("Floor", verdict.get("floor")),
                 ("Champion version", verdict.get("champion_version")),
-                ("MLflow run (evaluation report under Artifacts)", mlflow_url),
-                ("Train run", run_url),
+                ("Verdict and evaluation report", Link(page_url)),
+                ("MLflow run", Link(mlflow_url)),
+                ("Train run", Link(run_url)),
             ]
         )
         + "<p>To promote it anyway (never below the floor), trigger <code>train</code> with <i>force</i>.</p>"
@@ -166,13 +180,14 @@ def gate_blocked_mail(*, run_id: str, verdict: Mapping[str, Any], mlflow_url: st
     )
 
 
-def drift_mail(*, drift: Mapping[str, Any], monitor_run_id: str, run_url: str) -> Mail:
+def drift_mail(*, drift: Mapping[str, Any], monitor_run_id: str, run_url: str, page_url: str) -> Mail:
     """Drift was found in what the endpoint served.
 
     Args:
         drift: the drift result (drifted columns, scores, methods, threshold, window, report paths).
         monitor_run_id: the monitor run that found it.
         run_url: its page.
+        page_url: its verdict on the project's Drift page (every column's score, the Evidently report).
     """
     rows = [(c, f"{drift['scores'][c]:.3f}") for c in drift["drifted_columns"]]
     body = (
@@ -182,8 +197,13 @@ def drift_mail(*, drift: Mapping[str, Any], monitor_run_id: str, run_url: str) -
         f"({drift['rows_current']} rows) differs from the model's reference sample "
         f"({drift['num_method']} / {drift['cat_method']}, threshold {drift['threshold']}).</p>"
         + render_table([("Column", "Score"), *rows])
-        + f'<p>Report: <a href="file://{html.escape(drift["report_html"])}">{html.escape(drift["report_html"])}</a></p>'
-        + render_table([("Monitor run", run_url)])
+        + render_table(
+            [
+                ("Every column's score", Link(page_url)),
+                ("Evidently report", Link(f"{page_url}/report")),
+                ("Monitor run", Link(run_url)),
+            ]
+        )
         + "<p>The <code>train</code> DAG is triggered with this report unless a drift-triggered retraining "
         "ran within the cooldown.</p>"
     )

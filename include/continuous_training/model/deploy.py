@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,9 @@ import pandas as pd
 
 from continuous_training.config import load_contract
 from continuous_training.features import feature_frame
-from continuous_training.lineage import CHAMPION, TAG_DEPLOY_CONFIRMED, TAG_PREVIOUS_CHAMPION
+from continuous_training.lake import Lake
+from continuous_training.lineage import CHAMPION, TAG_DEPLOY_CONFIRMED, TAG_PREVIOUS_CHAMPION, TAG_REASON
+from continuous_training.model import history
 from continuous_training.modelstore import alias_version, client, load_model_version, trusted_version
 from continuous_training.provenance import ModelRefusedError
 from continuous_training.settings import load_settings
@@ -156,7 +159,13 @@ def wait_served(name: str, version: str, url: str, timeout_s: float) -> float:
 
 
 def promote_champion(
-    name: str, version: str | int, *, endpoint_url: str | None = None, timeout_s: float = 120.0
+    name: str,
+    version: str | int,
+    *,
+    endpoint_url: str | None = None,
+    timeout_s: float = 120.0,
+    moved_by: Mapping[str, str] | None = None,
+    why: str = "",
 ) -> dict[str, Any]:
     """Make ``version`` the champion and wait until the endpoint serves it; roll back if it does not.
 
@@ -170,6 +179,9 @@ def promote_champion(
         version: the version to promote.
         endpoint_url: the prediction endpoint (default: ``settings.endpoint_url``).
         timeout_s: how long to wait for the endpoint to serve the version.
+        moved_by: what moves the alias (``dag_id``, ``dag_run_id``, ``task_id``), for the champion's
+            history (:mod:`~continuous_training.model.history`), which records every move and rollback.
+        why: why, in a sentence (default: the reason the version's run recorded).
 
     Returns:
         ``{"name", "version", "previous_version", "changed", "served_after_s"}``.
@@ -213,11 +225,29 @@ def promote_champion(
         mlflow_client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, previous or _NONE)
         mlflow_client.set_registered_model_alias(name, CHAMPION, version)
         log.info("Alias %s of %s moved from v%s to v%s", CHAMPION, name, previous, version)
+        history.record_move(
+            Lake.from_settings(),
+            name,
+            kind=history.PROMOTED,
+            from_version=previous,
+            to_version=version,
+            by=moved_by or {},
+            why=why or tags.get(TAG_REASON, ""),
+        )
 
     try:
         served_after = wait_served(name, version, url, timeout_s)
     except DeployError as exc:
         restored = _restore(mlflow_client, name, previous)
+        history.record_move(
+            Lake.from_settings(),
+            name,
+            kind=history.ROLLED_BACK,
+            from_version=version,
+            to_version=previous,
+            by=moved_by or {},
+            why=f"v{version} was not served by {url} within {timeout_s:.0f} s; {restored}",
+        )
         raise DeployRolledBack(
             f"{name} v{version} not served by {url} after {timeout_s:.0f}s; {restored} ({exc})"
         ) from exc

@@ -116,6 +116,12 @@ SECRETS: tuple[Secret, ...] = (
         "The Airflow UI/API login of user `admin`.",
     ),
     Secret(
+        "AIRFLOW_VIEWER_PASSWORD",
+        "airflow_login",
+        "viewer",
+        "The Airflow UI/API login of user `viewer` (read-only: runs, logs and the project's pages).",
+    ),
+    Secret(
         "AIRFLOW_JWT_SECRET",
         "airflow",
         "jwt_secret",

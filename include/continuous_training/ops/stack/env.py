@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from continuous_training.credentials import MLFLOW_PIPELINE, mlflow_client_env
-from continuous_training.ops.stack.secrets import ADMIN_USER, passwords_file, secret_env
+from continuous_training.ops.stack.secrets import AIRFLOW_USERS, passwords_file, secret_env
 from continuous_training.ops.stack.sqlite import sqlite_airflow_config
 from continuous_training.ops.stack.task_env import broker_config, task_runtime_config
 from continuous_training.settings import Settings
@@ -64,6 +64,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         "CT_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "CT_ENDPOINT_URL": settings.endpoint_url,
         "CT_AIRFLOW_URL": settings.airflow_url,
+        "CT_PUBLIC_URL": settings.public_url,
         "CT_SMTP_CONN_ID": settings.smtp_conn_id,
         "CT_ENDPOINT_WORKERS": str(settings.endpoint_workers),
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
@@ -226,11 +227,12 @@ def airflow_config(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API__HOST": settings.host,
         "AIRFLOW__API__PORT": str(settings.airflow_port),
         # Without it, workers call http://localhost:8080/execution/.
-        "AIRFLOW__API__BASE_URL": _local_url(settings, settings.airflow_port),
+        # Where people open the UI: Airflow's own links (a failed task's log in its mail) start here.
+        "AIRFLOW__API__BASE_URL": settings.public_url,
         "AIRFLOW__CORE__AUTH_MANAGER": (
             "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
         ),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in AIRFLOW_USERS.items()),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file(settings)),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(DAG_REFRESH_S),
         "PYTHONPYCACHEPREFIX": str(settings.pycache_dir),

@@ -22,6 +22,11 @@ from continuous_training.ops.stack.errors import StackError
 from continuous_training.settings import Settings
 
 ADMIN_USER = "admin"
+#: A read-only login (the simple auth manager's ``viewer`` role): on-call reads runs, logs and the
+#: project's pages, and cannot trigger, clear or change anything.
+VIEWER_USER = "viewer"
+#: Airflow's users of the stack and their roles (``[core] simple_auth_manager_users``).
+AIRFLOW_USERS = {ADMIN_USER: "admin", VIEWER_USER: "viewer"}
 
 
 def _private_json(path: Path, makers: dict[str, Callable[[], str]], expected: str) -> dict[str, str]:
@@ -70,24 +75,28 @@ def passwords_file(settings: Settings) -> Path:
     return settings.airflow_home / "passwords.json"
 
 
-def airflow_password(settings: Settings) -> str:
-    """The Airflow UI/API password of user ``admin``, generated once per state directory.
+def airflow_passwords(settings: Settings) -> dict[str, str]:
+    """The Airflow UI/API passwords of :data:`AIRFLOW_USERS`, generated once per state directory.
 
     Args:
         settings: the stack settings.
 
     Returns:
-        The password (``secrets.token_urlsafe(16)``), as stored in :func:`passwords_file`.
+        User -> password (``secrets.token_urlsafe(16)``), as stored in :func:`passwords_file`.
 
     Raises:
         StackError: the password file exists but is not a JSON object.
     """
-    data = _private_json(
+    return _private_json(
         passwords_file(settings),
-        {ADMIN_USER: lambda: secrets.token_urlsafe(16)},
-        f'an object like {{"{ADMIN_USER}": "<password>"}}',
+        {user: lambda: secrets.token_urlsafe(16) for user in AIRFLOW_USERS},
+        f'an object like {{"{ADMIN_USER}": "<password>", "{VIEWER_USER}": "<password>"}}',
     )
-    return data[ADMIN_USER]
+
+
+def airflow_password(settings: Settings, user: str = ADMIN_USER) -> str:
+    """The Airflow UI/API password of ``user`` (default ``admin``), see :func:`airflow_passwords`."""
+    return airflow_passwords(settings)[user]
 
 
 def secret_env(settings: Settings) -> dict[str, str]:
@@ -107,7 +116,7 @@ def secret_env(settings: Settings) -> dict[str, str]:
         StackError: a secrets file is unreadable.
     """
     keys = stack_secrets(settings)
-    airflow_password(settings)  # creates the password file the auth manager reads
+    airflow_passwords(settings)  # creates the password file the auth manager reads
     return {
         "AIRFLOW__API__SECRET_KEY": keys["api_secret_key"],
         "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
@@ -129,7 +138,8 @@ def check_stack_secrets(settings: Settings) -> None:
     try:
         for name, value in stack_secrets(settings).items():
             check_secret(f"{settings.airflow_home / 'secrets.json'}: {name}", value)
-        check_secret(f"{passwords_file(settings)}: {ADMIN_USER}", airflow_password(settings))
+        for user, password in airflow_passwords(settings).items():
+            check_secret(f"{passwords_file(settings)}: {user}", password)
         mlflow_credentials(settings)
         endpoint_tokens(settings)
         model_signing_key(settings)

@@ -1,0 +1,179 @@
+"""What the pages show, gathered from a lake the pipeline's own functions wrote.
+
+A module lake holds two clean days and one bad day (landed by the simulator, staged, validated with
+Great Expectations, published or quarantined) and two drift reports (Evidently, one drifted window and
+one control), so every view reads files exactly as the stages write them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from continuous_training.config import load_contract
+from continuous_training.data.ingest import stage_raw_partition
+from continuous_training.data.partitions import publish_validated, quarantine_partition
+from continuous_training.data.validate import validate_partition
+from continuous_training.lake import Lake
+from continuous_training.model import history
+from continuous_training.monitoring.drift import compute_drift
+from continuous_training.ops.simulate import DRIFT_COLUMNS, SimulatorConfig, generate_day, land_day
+from continuous_training.ui import views
+
+CLEAN = ["2026-10-05", "2026-10-06"]
+BAD = "2026-10-07"
+CONFIG = SimulatorConfig(seed=5, rows_per_day=300, bad_days={BAD: "out_of_range"})
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    root = tmp_path_factory.mktemp("ui")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CT_HOME", str(root / "home"))
+        mp.setenv("CT_LAKE", str(root / "lake"))
+        lake = Lake.from_settings()
+        contract = load_contract()
+        for day in [*CLEAN, BAD]:
+            land_day(lake, date.fromisoformat(day), CONFIG)
+            stage_raw_partition(lake, day)
+            outcome = validate_partition(lake, day, contract)
+            if outcome["success"]:
+                publish_validated(lake, day, outcome, contract)
+            else:
+                quarantine_partition(lake, day, outcome)
+        reference = generate_day(date(2026, 10, 5), CONFIG, contract)
+        drifted = SimulatorConfig(seed=6, rows_per_day=2500, drift_from=date(2026, 10, 1))
+        for key, config in (
+            ("monitor__control", SimulatorConfig(seed=7, rows_per_day=2500)),
+            ("monitor__drift", drifted),
+        ):
+            compute_drift(
+                reference,
+                generate_day(date(2026, 10, 8), config, contract),
+                contract=contract,
+                report_dir=lake.drift_report_dir(key),
+                title=key,
+            )
+        yield lake
+
+
+def test_drift_runs_newest_first_with_the_verdict_and_the_report(lake: Lake) -> None:
+    runs = views.drift_runs(lake)
+    assert [r["run_key"] for r in runs] == ["monitor__drift", "monitor__control"]
+    drift, control = runs
+    assert set(drift["drifted_columns"]) & set(DRIFT_COLUMNS)
+    assert control["drifted_columns"] == []
+    assert drift["has_report"]
+    assert drift["at"] >= control["at"]
+
+
+def test_a_drift_run_lists_its_columns_by_score(lake: Lake) -> None:
+    run = views.drift_run(lake, "monitor__drift")
+    scores = [c["score"] for c in run["columns"]]
+    assert scores == sorted(scores, reverse=True)
+    assert run["columns"][0]["drifted"]
+    assert run["columns"][0]["column"] in DRIFT_COLUMNS
+    assert {c["column"] for c in run["columns"] if c["drifted"]} == set(run["drifted_columns"])
+    assert views.drift_run(lake, "no-such-run") is None
+
+
+def test_the_report_is_served_only_for_a_folder_the_lake_made(lake: Lake) -> None:
+    path = views.drift_report_file(lake, "monitor__drift")
+    assert path is not None
+    assert "<html" in path.read_text()[:2000].lower()
+    assert views.drift_report_file(lake, "../monitor__drift") is None
+    assert views.drift_report_file(lake, "nothing") is None
+
+
+def test_quarantines_show_the_failed_expectations_and_serve_the_bad_rows(lake: Lake) -> None:
+    (batch,) = views.quarantines(lake)
+    assert batch["day"] == BAD
+    assert batch["open"]
+    assert batch["bad_rows"] > 0
+    failed = {f["column"] for f in batch["failed"]}
+    assert failed >= {"age"}
+    assert all(f["unexpected_count"] > 0 and f["examples"] for f in batch["failed"])
+    rows = views.bad_rows_file(lake, BAD, batch["sha"])
+    assert len(pd.read_parquet(rows)) == batch["bad_rows"]
+    assert views.bad_rows_file(lake, BAD, "0" * 12) is None
+    assert views.bad_rows_file(lake, CLEAN[0], batch["sha"]) is None
+
+
+def test_a_quarantine_closes_once_a_corrected_batch_of_that_day_is_validated(lake: Lake, tmp_path) -> None:
+    import shutil
+
+    other = Lake(tmp_path / "lake")
+    shutil.copytree(lake.root / "quarantine", other.root / "quarantine")
+    assert views.quarantines(other)[0]["open"]
+    shutil.copytree(lake.validated(CLEAN[0]), other.validated(BAD))
+    assert not views.quarantines(other)[0]["open"]
+
+
+def test_served_last_hour_counts_the_rows_and_requests_of_that_hour_only(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lake = Lake(tmp_path / "lake")
+    now = datetime(2026, 11, 12, 10, 30, tzinfo=UTC)
+    served = [now - timedelta(minutes=m) for m in (5, 5, 20, 59, 61, 300)]
+    folder = lake.predictions(now.date())
+    folder.mkdir(parents=True)
+    table = pa.table(
+        {
+            "request_id": ["a", "a", "b", "c", "d", "e"],
+            "served_at": pa.array(served, pa.timestamp("us", "UTC")),
+        }
+    )
+    pq.write_table(table, folder / "part-1-aaaa.parquet")
+    assert views.served_last_hour(lake, now) == {"rows_last_hour": 4, "requests_last_hour": 3}
+    # A file flushed before the hour began is not even opened.
+    old = folder / "part-1-aaaa.parquet"
+    stamp = (now - timedelta(hours=2)).timestamp()
+    import os
+
+    os.utime(old, (stamp, stamp))
+    assert views.served_last_hour(lake, now) == {"rows_last_hour": 0, "requests_last_hour": 0}
+
+
+def test_the_charts_are_plotly_fragments_without_the_script(lake: Lake) -> None:
+    from continuous_training.ui import charts
+
+    runs = views.drift_runs(lake)
+    html = charts.scores_over_time(runs)
+    assert "Plotly.newPlot" in html
+    assert "<script src" not in html  # the page loads plotly.min.js once, from the plugin
+    assert DRIFT_COLUMNS[0] in html
+    assert charts.scores_over_time([]) == ""
+    assert "Plotly.newPlot" in charts.column_scores(views.drift_run(lake, "monitor__drift"))
+
+
+def test_champion_moves_are_recorded_once_and_say_since_when(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    by = {"dag_id": "train", "dag_run_id": "manual__1", "task_id": "deploy"}
+    first = history.record_move(
+        lake, "m", kind=history.PROMOTED, from_version=None, to_version="1", by=by, why="first model"
+    )
+    again = history.record_move(
+        lake, "m", kind=history.PROMOTED, from_version=None, to_version="1", by=by, why="retried task"
+    )
+    assert again == first  # a retried deploy records its move once, with the first time
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    history.record_move(
+        lake,
+        "m",
+        kind=history.PROMOTED,
+        from_version="1",
+        to_version="2",
+        by={**by, "dag_run_id": "drift__x"},
+        why="drift",
+        at=later,
+    )
+    moves = history.champion_moves(lake, "m")
+    assert [(m["from_version"], m["to_version"]) for m in moves] == [(None, "1"), ("1", "2")]
+    assert history.champion_since(moves, "2")["dag_run_id"] == "drift__x"
+    assert history.champion_since(moves, "1") is None  # moved by hand after the last recorded move
+    with pytest.raises(ValueError, match="expected one of"):
+        history.record_move(lake, "m", kind="moved", from_version="1", to_version="2", by=by, why="")
