@@ -82,6 +82,11 @@ class Lake:
     def quarantine(self, day: date | str, sha256: str) -> Path:
         return self.root / "quarantine" / f"dt={day_key(day)}" / sha256[:12]
 
+    def quarantined(self) -> list[Path]:
+        """Every quarantined batch's folder (``quarantine/dt=<day>/<sha12>``), in no order."""
+        base = self.root / "quarantine"
+        return [batch for day in base.glob("dt=*") for batch in day.iterdir()] if base.is_dir() else []
+
     def predictions(self, day: date | str | None = None) -> Path:
         base = self.root / "predictions"
         return base if day is None else base / f"dt={day_key(day)}"
@@ -109,7 +114,11 @@ class Lake:
         return self.root / "monitoring" / "retrain_triggers.json"
 
     def drift_report_dir(self, run_key: str) -> Path:
-        return self.root / "reports" / "drift" / safe_name(run_key)
+        return self.drift_reports() / safe_name(run_key)
+
+    def drift_reports(self) -> Path:
+        """The folder of every monitor run's drift report (one sub-folder per run)."""
+        return self.root / "reports" / "drift"
 
     def champion_moves(self, model: str) -> Path:
         """The folder of the champion alias's moves of one registered model (one JSON file per move)."""

@@ -57,7 +57,7 @@ def drift_runs(lake: Lake) -> list[dict[str, Any]]:
     """
     from continuous_training.monitoring.report import REPORT_HTML
 
-    base = lake.drift_report_dir("x").parent
+    base = lake.drift_reports()
     if not base.is_dir():
         return []
     runs = []
@@ -128,43 +128,40 @@ def quarantines(lake: Lake) -> list[dict[str, Any]]:
         QUARANTINE_VALIDATION_FILE,
     )
 
-    base = lake.root / "quarantine"
-    if not base.is_dir():
-        return []
     validated = set(lake.validated_days())
     found = []
-    for day_dir in base.glob("dt=*"):
-        day = day_dir.name[3:]
-        for folder in day_dir.iterdir():
-            manifest = manifest_file(folder)
-            if not manifest.is_file():
-                continue  # being written, or not a batch
-            validation = _read_or_empty(folder / QUARANTINE_VALIDATION_FILE)
-            reason = folder / QUARANTINE_REASON_FILE
-            found.append(
-                {
-                    "day": day,
-                    "sha": folder.name,
-                    "sha256": validation.get("sha256"),
-                    "at": datetime.fromtimestamp(manifest.stat().st_mtime, UTC),
-                    "rows": validation.get("rows"),
-                    "bad_rows": validation.get("bad_rows"),
-                    "failed": [
-                        {
-                            "column": f.get("column"),
-                            "expectation": f.get("expectation"),
-                            "unexpected_count": f.get("unexpected_count"),
-                            "unexpected_percent": f.get("unexpected_percent"),
-                            "examples": list(f.get("partial_unexpected_list") or [])[:5],
-                        }
-                        for f in validation.get("failed") or []
-                    ],
-                    "parse_errors": validation.get("parse_errors") or {},
-                    "open": day not in validated,
-                    "has_bad_rows": (folder / QUARANTINE_BAD_ROWS_FILE).is_file(),
-                    "reason": reason.read_text(errors="replace") if reason.is_file() else "",
-                }
-            )
+    for folder in lake.quarantined():
+        day = folder.parent.name.removeprefix("dt=")
+        manifest = manifest_file(folder)
+        if not manifest.is_file():
+            continue  # being written, or not a batch
+        validation = _read_or_empty(folder / QUARANTINE_VALIDATION_FILE)
+        reason = folder / QUARANTINE_REASON_FILE
+        found.append(
+            {
+                "day": day,
+                "sha": folder.name,
+                "folder": folder,
+                "sha256": validation.get("sha256"),
+                "at": datetime.fromtimestamp(manifest.stat().st_mtime, UTC),
+                "rows": validation.get("rows"),
+                "bad_rows": validation.get("bad_rows"),
+                "failed": [
+                    {
+                        "column": f.get("column"),
+                        "expectation": f.get("expectation"),
+                        "unexpected_count": f.get("unexpected_count"),
+                        "unexpected_percent": f.get("unexpected_percent"),
+                        "examples": list(f.get("partial_unexpected_list") or [])[:5],
+                    }
+                    for f in validation.get("failed") or []
+                ],
+                "parse_errors": validation.get("parse_errors") or {},
+                "open": day not in validated,
+                "has_bad_rows": (folder / QUARANTINE_BAD_ROWS_FILE).is_file(),
+                "reason": reason.read_text(errors="replace") if reason.is_file() else "",
+            }
+        )
     return sorted(found, key=lambda q: (q["day"], q["at"]), reverse=True)
 
 
@@ -174,7 +171,7 @@ def bad_rows_file(lake: Lake, day: str, sha: str) -> Path | None:
 
     for batch in quarantines(lake):
         if (batch["day"], batch["sha"]) == (day, sha) and batch["has_bad_rows"]:
-            return lake.root / "quarantine" / f"dt={day}" / sha / QUARANTINE_BAD_ROWS_FILE
+            return batch["folder"] / QUARANTINE_BAD_ROWS_FILE
     return None
 
 
@@ -194,9 +191,7 @@ def replay_check(lake: Lake, day: str) -> dict[str, Any] | None:
     if not batches:
         return None
     newest = max(batches, key=lambda b: b["at"])
-    manifest = _read_or_empty(
-        lake.root / "quarantine" / f"dt={day}" / newest["sha"] / QUARANTINE_RAW_MANIFEST_FILE
-    )
+    manifest = _read_or_empty(newest["folder"] / QUARANTINE_RAW_MANIFEST_FILE)
     quarantined = {f["name"]: f["sha256"] for f in manifest.get("source_files") or []}
     try:
         files = {path.name: sha256_file(path) for path in landing_files(lake, day)}

@@ -44,7 +44,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
                 publish_validated(lake, day, outcome, contract)
             else:
                 quarantine_partition(lake, day, outcome)
-        reference = generate_day(date(2026, 10, 5), CONFIG, contract)
+        reference = generate_day(date(2026, 10, 5), SimulatorConfig(seed=8, rows_per_day=5000), contract)
         drifted = SimulatorConfig(seed=6, rows_per_day=2500, drift_from=date(2026, 10, 1))
         for key, config in (
             ("monitor__control", SimulatorConfig(seed=7, rows_per_day=2500)),
