@@ -367,12 +367,23 @@ def test_failed_promotion_restores_the_previous_champion(world, registered_v2):
     assert registered["created"] is True
     set_champion(world["client"], "1")  # v1 the champion, v2 the challenger, as registering v2 left it
     url = dead_url()
+    by = {"dag_id": "train", "dag_run_id": "rollback_test", "task_id": "deploy"}
     with pytest.raises(DeployRolledBack, match=rf"v2 not served by {url} after 2s; champion restored to v1"):
-        promote_champion(MODEL, 2, endpoint_url=url, timeout_s=2)
+        promote_champion(MODEL, 2, endpoint_url=url, timeout_s=2, moved_by=by)
     client = world["client"]
     assert client.get_registered_model(MODEL).aliases == {"champion": "1", "challenger": "2"}
     assert client.get_model_version(MODEL, "2").tags["ct.previous_champion"] == "1"
     assert registry.get_champion(MODEL)["version"] == "1"
+    # Both moves are in the champion's history: the promotion and its rollback, by that run.
+    from continuous_training.lake import Lake
+    from continuous_training.model.history import champion_moves
+
+    moves = [m for m in champion_moves(Lake.from_settings(), MODEL) if m["dag_run_id"] == "rollback_test"]
+    assert [(m["kind"], m["from_version"], m["to_version"]) for m in moves] == [
+        ("promoted", "1", "2"),
+        ("rolled_back", "2", "1"),
+    ]
+    assert "not served" in moves[1]["why"]
 
 
 class _HealthStub(BaseHTTPRequestHandler):

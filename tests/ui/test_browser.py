@@ -70,6 +70,13 @@ def test_the_pages_render_from_the_ui_navigation(page, ui_stack):
     ui_stack.figures["overview_load_s"] = round(time.monotonic() - started, 2)
     shot(page, ui_stack, "overview")
 
+    page.goto(f"{ui_stack.base}/ct/models")
+    page.locator(".plotly-graph-div").first.wait_for()
+    shot(page, ui_stack, "models")
+    page.locator("#versions a", has_text="evaluation").first.click()
+    page.locator("#verdict").wait_for()
+    shot(page, ui_stack, "evaluation")
+
     page.goto(f"{ui_stack.base}/ct/drift")
     page.locator(".plotly-graph-div").first.wait_for()
     shot(page, ui_stack, "drift")

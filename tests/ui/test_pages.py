@@ -16,7 +16,7 @@ from continuous_training.ops.simulate import DRIFT_COLUMNS
 
 pytestmark = pytest.mark.ui
 
-PAGES = ["/ct/", "/ct/drift", "/ct/quarantine"]
+PAGES = ["/ct/", "/ct/models", "/ct/drift", "/ct/quarantine"]
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -125,3 +125,40 @@ def test_every_mail_links_pages_that_open_and_no_file_on_the_server(ui_stack):
                 assert resp.status_code == 200, (message["Subject"], url, resp.status_code)
                 opened.append(url)
     ui_stack.figures["mail_links_opened"] = len(opened)
+
+
+def test_the_models_page_lists_the_versions_and_the_champions_history(ui_stack):
+    summary = ui_stack.summary()
+    champion = summary["champion_after"]
+    with ui_stack.client("viewer") as client:
+        page = client.get("/ct/models")
+    assert page.status_code == 200, page.text
+    html = page.text
+    row = html.split(f'<tr id="v{champion}">', 1)[1].split("</tr>", 1)[0]
+    assert "champion" in row
+    assert "passed" in row
+    assert "/ct/evaluation/" in row
+    history = html.split('id="moves"', 1)[1].split("</table>", 1)[0]
+    # The demo promoted twice: the first champion, then the drift-triggered retraining.
+    assert history.count("promoted") == 2
+    assert f"v{summary['champion_before']} → v{champion}" in history
+    assert "drift__demo__monitor__drift" in history
+    assert "Plotly.newPlot" in html
+
+
+def test_the_evaluation_page_shows_the_verdict_and_the_report(ui_stack):
+    with ui_stack.client("viewer") as client:
+        models = client.get("/ct/models").text
+        champion = ui_stack.summary()["champion_after"]
+        row = models.split(f'<tr id="v{champion}">', 1)[1]
+        run_id = row.split("/ct/evaluation/", 1)[1].split('"', 1)[0]
+        page = client.get(f"/ct/evaluation/{run_id}")
+        assert page.status_code == 200, page.text
+        assert "passed" in page.text
+        assert "roc_auc" in page.text
+        report = client.get(f"/ct/evaluation/{run_id}/report")
+        assert report.status_code == 200
+        assert report.headers["content-type"].startswith("text/html")
+        assert "<polyline" in report.text
+        assert client.get("/ct/evaluation/" + "0" * 32).status_code == 404
+        assert client.get("/ct/evaluation/not-a-run").status_code == 404

@@ -5,6 +5,8 @@ script served from the installed package):
 
 * ``/ct/`` Overview: the champion now, the endpoint's health and traffic, the last drift and gate
   verdicts, the next scheduled runs, the open quarantines;
+* ``/ct/models`` every version with its gate verdict and lineage, the metric over versions, and the
+  champion alias's history (who moved it, when, from which version, why);
 * ``/ct/drift`` every monitor run's verdict and each column's score over time; ``/ct/drift/<run>``
   the run's columns sorted by score and its Evidently report (``/ct/drift/<run>/report``);
 * ``/ct/evaluation/<run>`` a challenger's gate verdict and holdout metrics beside the champion's, and
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).with_name("templates")
 #: The pages, in the order of the navigation bar: (path, title).
-NAV = (("", "Overview"), ("drift", "Drift"), ("quarantine", "Quarantine"))
+NAV = (("", "Overview"), ("models", "Models"), ("drift", "Drift"), ("quarantine", "Quarantine"))
 
 
 @cache
@@ -133,6 +135,14 @@ def create_app() -> FastAPI:
 
         settings = _settings()
         return render(request, "overview.html", "Overview", page=views.overview(settings), settings=settings)
+
+    @app.get("/models", response_class=HTMLResponse, dependencies=[auth.can_read("train")])
+    def models(request: Request) -> HTMLResponse:
+        from continuous_training.ui import charts, views
+
+        found = views.models(_settings(), _lake())
+        chart = charts.metric_over_versions(found["versions"], found["metric"])
+        return render(request, "models.html", "Models", models=found, chart=chart)
 
     @app.get("/drift", response_class=HTMLResponse, dependencies=[auth.can_read("monitor")])
     def drift(request: Request) -> HTMLResponse:

@@ -62,3 +62,43 @@ def column_scores(run: dict[str, Any]) -> str:
         fig.add_vline(x=run["threshold"], line_dash="dash", line_color="#b00")
     fig.update_layout(**{**_LAYOUT, "height": 120 + 22 * len(columns)}, xaxis_title="drift score")
     return _html(fig)
+
+
+def metric_over_versions(versions: list[dict[str, Any]], metric: str) -> str:
+    """Each version's holdout metric (passed the gate: green, blocked: red) beside the champion's of
+    its time, champions ringed; "" without versions."""
+    import plotly.graph_objects as go
+
+    judged = sorted((v for v in versions if v["verdict"]), key=lambda v: int(v["version"]))
+    if not judged:
+        return ""
+    x = [f"v{v['version']}" for v in judged]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=[v["verdict"].get("champion_value") for v in judged],
+            mode="lines",
+            name="champion of the time",
+            line={"color": "#888", "dash": "dot"},
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=[v["metric_value"] for v in judged],
+            mode="markers+lines",
+            name=f"version ({metric} on its holdout)",
+            marker={
+                "size": [14 if v["champion"] else 9 for v in judged],
+                "color": ["#1a7f37" if v["verdict"].get("passed") else "#c0392b" for v in judged],
+                "line": {"width": [3 if v["champion"] else 0 for v in judged], "color": "#017cee"},
+            },
+            text=[v["reason"] or "" for v in judged],
+        )
+    )
+    floors = {v["verdict"].get("floor") for v in judged if v["verdict"].get("floor") is not None}
+    for floor in floors:
+        fig.add_hline(y=floor, line_dash="dash", line_color="#b00", annotation_text=f"floor {floor}")
+    fig.update_layout(**_LAYOUT, yaxis_title=metric)
+    return _html(fig)

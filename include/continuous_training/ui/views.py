@@ -328,6 +328,56 @@ def last_gate_verdict(settings: Settings) -> dict[str, Any] | None:
     return None
 
 
+def models(settings: Settings, lake: Lake) -> dict[str, Any]:
+    """Every registered version with its gate verdict and lineage, and the champion alias's history.
+
+    One registry search reads every version with its tags (the registration copies the run's lineage
+    and the gate's verdict onto the version).
+
+    Returns:
+        ``{"name", "metric", "champion", "experiment_id", "versions" (newest first: ``version``,
+        ``created_at``, ``run_id``, ``training_set``, ``dag_id``, ``dag_run_id``, ``git_commit``,
+        ``reason``, ``verdict``, ``metric_value``, ``champion``), "moves" (newest first)}``.
+    """
+    from continuous_training.lineage import TAG_DAG_ID, TAG_GIT_COMMIT, TAG_TRAINING_SET
+    from continuous_training.model.history import champion_moves
+    from continuous_training.modelstore import alias_version, client
+
+    policy = load_policy(settings.config_dir)
+    name = policy.model.name
+    mlflow_client = client()
+    experiment = mlflow_client.get_experiment_by_name(name)
+    champion_now = alias_version(mlflow_client, name, "champion")
+    versions = []
+    for mv in mlflow_client.search_model_versions(f"name='{name}'", max_results=10_000):
+        tags = mv.tags or {}
+        verdict = json.loads(tags[TAG_GATE_VERDICT]) if tags.get(TAG_GATE_VERDICT) else None
+        versions.append(
+            {
+                "version": str(mv.version),
+                "created_at": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC),
+                "run_id": mv.run_id,
+                "training_set": (tags.get(TAG_TRAINING_SET) or "")[:12],
+                "dag_id": tags.get(TAG_DAG_ID) or "train",
+                "dag_run_id": tags.get(TAG_DAG_RUN_ID),
+                "git_commit": (tags.get(TAG_GIT_COMMIT) or "")[:12],
+                "reason": tags.get(TAG_REASON),
+                "verdict": verdict,
+                "metric_value": (verdict or {}).get("challenger_value"),
+                "champion": str(mv.version) == str(champion_now),
+            }
+        )
+    versions.sort(key=lambda v: int(v["version"]), reverse=True)
+    return {
+        "name": name,
+        "metric": policy.gate.metric,
+        "champion": None if champion_now is None else str(champion_now),
+        "experiment_id": experiment.experiment_id if experiment else None,
+        "versions": versions,
+        "moves": list(reversed(champion_moves(lake, name))),
+    }
+
+
 #: What an MLflow run id looks like; anything else is not looked up.
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
