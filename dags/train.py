@@ -12,6 +12,7 @@ champion **on the same holdout**, and promotes it only if it passes the gate.
 | `evaluate` | challenger **and** champion scored on the newest held-out days; HTML evaluation report in the run |
 | `gate` | absolute floor **and** no regression against the champion (`include/config/policy.yaml`, `gate:`) |
 | `register` | MLflow model version with lineage tags (training-set hash, DAG run, git commit, verdict), alias `challenger` |
+| `approve` | when `gate.require_approval` is true: a person approves or rejects the version (the UI's *Required Actions*, on-call is mailed); unanswered after `gate.approval_timeout_hours` it is rejected. Otherwise it approves at once |
 | `deploy` | smoke test, move alias `champion`, wait until the endpoint serves it; restores the previous champion if not |
 | `notify_gate_blocked` | mails on-call why the challenger was refused |
 
@@ -33,6 +34,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from continuous_training.adapter.approval import PolicyApproval
 from continuous_training.adapter.assets import VALIDATED_DATA
 from continuous_training.adapter.defaults import TRAINING_POOL, TRAINING_QUEUE, default_args, task_timeout
 
@@ -161,13 +163,21 @@ def train() -> None:
 
         return steps.notify_gate_blocked(evaluation["run_id"], steps.lineage(dag_run))
 
+    # A person's approval between registration and deployment, when policy.yaml says so
+    # (gate.require_approval); otherwise it approves at once. Rejected or unanswered: deploy is skipped.
+    approve = PolicyApproval(
+        task_id="approve",
+        register_task_id="register",
+        doc_md="Approve or reject the registered version (the UI's Required Actions).",
+    )
+
     training_set = build_training_set()
     trained = train_challenger(training_set)
     should_train(training_set) >> trained
     evaluation = evaluate(trained)
     registered = register(evaluation)
     gate(evaluation) >> [registered, notify_gate_blocked(evaluation)]
-    deploy(registered)
+    registered >> approve >> deploy(registered)
 
 
 train()

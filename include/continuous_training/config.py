@@ -105,6 +105,11 @@ class GatePolicy:
     metric: str = "roc_auc"
     min_value: float = 0.70
     max_regression: float = 0.005
+    #: A person approves each version that passed the gate before it deploys (Airflow's
+    #: Human-in-the-loop: the request is in the UI's Required Actions, on-call is mailed).
+    require_approval: bool = False
+    #: Hours a request waits for an answer; then it is rejected (the champion stays).
+    approval_timeout_hours: float = 24.0
 
 
 @dataclass(frozen=True)

@@ -403,7 +403,7 @@ POLICY_ERROR_CASES = [
     pytest.param("model: loan_default\n", ": model: expected a mapping, got str", id="section-str"),
     pytest.param(
         "gate: {metric: roc_auc, min_auc: 0.7}\n",
-        ": gate: unknown field(s) ['min_auc']; expected some of ['max_regression', 'metric', 'min_value']",
+        ": gate: unknown field(s) ['min_auc']; expected some of ['approval_timeout_hours', 'max_regression', 'metric', 'min_value', 'require_approval']",
         id="unknown-field",
     ),
     pytest.param(

@@ -262,3 +262,43 @@ def model_refused_mail(*, name: str, version: str, reason: str, refused_by: str,
             "serving": serving,
         },
     )
+
+
+def approval_waiting_mail(
+    *, name: str, version: str, page_url: str, actions_url: str, timeout_hours: float
+) -> Mail:
+    """A version passed the gate and waits for a person's approval before it deploys."""
+    body = (
+        f"<h2>{html.escape(name)} v{html.escape(version)} waits for approval</h2>"
+        "<p>It passed the gate; the policy asks a person to approve each version before it deploys. "
+        f"Unanswered after {timeout_hours:g} hour(s), it is rejected and the champion stays.</p>"
+        + render_table(
+            [
+                ("Approve or reject", Link(actions_url)),
+                ("Evaluation and comparison with the champion", Link(page_url)),
+            ]
+        )
+    )
+    return Mail(
+        event_key=f"approval-waiting/{name}/{version}",
+        subject=f"Approval needed: deploy {name} v{version}?",
+        html=body,
+        details={"name": name, "version": version},
+    )
+
+
+def approval_rejected_mail(*, name: str, version: str, decision: Mapping[str, Any], page_url: str) -> Mail:
+    """A version was rejected (by a person, or because nobody answered in time)."""
+    who = "nobody answered in time" if decision.get("timed_out") else f"rejected by {decision.get('by')}"
+    body = (
+        f"<h2>{html.escape(name)} v{html.escape(version)} will not deploy</h2>"
+        f"<p>Its approval request was {html.escape(who)} ({html.escape(str(decision.get('at')))}). "
+        "The champion stays; the decision is recorded on the model version (tag <code>ct.approval</code>).</p>"
+        + render_table([("Evaluation", Link(page_url)), ("Train run", decision.get("dag_run_id"))])
+    )
+    return Mail(
+        event_key=f"approval-rejected/{name}/{version}",
+        subject=f"Rejected: {name} v{version} ({who})",
+        html=body,
+        details=dict(decision),
+    )
