@@ -25,6 +25,7 @@ from services import isolated_stack_env, processes_of_home, run_ct
 
 from continuous_training.settings import Settings, load_settings
 
+REPO = Path(__file__).resolve().parents[2]
 DEMO_TIMEOUT_S = 1800
 DOWN_TIMEOUT_S = 300
 
@@ -65,7 +66,10 @@ class UiStack:
 @pytest.fixture(scope="session")
 def ui_stack() -> Iterator[UiStack]:
     home = Path(tempfile.mkdtemp(prefix="ct-ui-")).resolve()
-    env = isolated_stack_env(home)
+    # A config folder of its own: the approval tests switch gate.require_approval on in its policy.
+    config = home / "config"
+    shutil.copytree(REPO / "include" / "config", config)
+    env = isolated_stack_env(home, CT_CONFIG_DIR=str(config))
     stack = UiStack(
         home=home,
         env=env,
