@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-#: Where the Airflow plugin mounts the project's pages (``plugins/continuous_training.py``).
+#: Where the Airflow plugin mounts the project's pages (``plugins/continuous_training_plugin.py``).
 UI_PREFIX = "/ct"
 
 

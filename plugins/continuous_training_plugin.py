@@ -1,5 +1,8 @@
 """The Airflow plugin of this project: it only registers the pages (``continuous_training.ui``).
 
+Airflow puts the plugins folder on ``sys.path``, so this file must not be named like a package it
+imports (``continuous_training.py`` would shadow the library for every DAG and task).
+
 ``fastapi_apps`` mounts the pages' app under ``/ct`` in Airflow's API server; ``external_views`` puts
 "Continuous training" in the UI's navigation, opening ``/ct/`` inside the UI. The app authenticates
 every request itself with Airflow's session and permissions: Airflow does not do it for plugin apps.
