@@ -11,8 +11,9 @@ def login(page, stack, user: str) -> None:
     page.fill("input[name=username]", user)
     page.fill("input[name=password]", stack.password(user))
     page.press("input[name=password]", "Enter")
+    # The login page posts the form, stores the token and then navigates: wait for that navigation.
+    page.wait_for_url(lambda url: "/auth/login" not in url)
     page.wait_for_load_state("networkidle")
-    assert "/auth/login" not in page.url, f"login as {user} failed"
 
 
 def shot(page, stack, name: str) -> None:
