@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from continuous_training import links
 from continuous_training.config import load_contract, load_policy
 from continuous_training.lake import Lake
 from continuous_training.ops.mailsink import read_mail
@@ -329,7 +330,11 @@ def test_monitor_finds_drift_mails_and_triggers_train(loop, first_champion):
     reports = list((loop["lake"].root / "reports" / "drift").glob("*/drift_report.html"))
     assert len(reports) == 1
     (alert,) = mails(loop, "Drift in")
-    assert str(reports[0]) in body(alert)
+    # The mail links the run's Drift page and its report at the public URL, never a file on the server.
+    page = links.ui_url(load_settings().public_url, "drift", reports[0].parent.name)
+    assert f'href="{page}"' in body(alert)
+    assert f'href="{page}/report"' in body(alert)
+    assert "file://" not in body(alert)
     for column in DRIFT_COLUMNS:
         assert column in alert["Subject"]
 

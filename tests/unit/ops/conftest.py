@@ -28,6 +28,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         "CT_MLFLOW_TRACKING_URI",
         "CT_ENDPOINT_URL",
         "CT_AIRFLOW_URL",
+        "CT_PUBLIC_URL",
         "CT_SMTP_CONN_ID",
         "CT_HOST",
     ):

@@ -65,7 +65,7 @@ def test_airflow_env_points_at_the_state_dir_with_absolute_sqlite_path(settings:
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(settings.repo_root / "dags")
-    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin,viewer:viewer"
     assert env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{settings.mlflow_port}"
     assert env["PYTHONPYCACHEPREFIX"] == str(settings.home / "pycache")
     # Everything service_env gives the endpoint, the tasks get too.
@@ -137,11 +137,14 @@ def test_password_is_generated_private_and_not_fixed(settings: Settings, tmp_pat
     env = airflow_env(settings)
     pw_file = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
     stored = json.loads(pw_file.read_text())
-    assert list(stored) == ["admin"]
+    assert list(stored) == ["admin", "viewer"]  # the read-only login for on-call
     password = airflow_password(settings)
     assert stored["admin"] == password
+    assert stored["viewer"] == airflow_password(settings, "viewer") != password
     assert password not in ("admin", "", "password")
     assert len(password) >= 16
+    assert len(stored["viewer"]) >= 16
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin,viewer:viewer"
     assert stat.S_IMODE(pw_file.stat().st_mode) == 0o600
     other = Settings(**{**settings.__dict__, "home": tmp_path / "other-home"})
     assert airflow_password(other) != password
