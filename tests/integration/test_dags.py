@@ -183,6 +183,9 @@ def test_bad_batch_is_quarantined_and_mailed_once(loop):
     text = body(alerts[0])
     (dropped,) = [c for c in load_contract().column_names if c not in _landed_columns(loop, BAD_DAY)]
     assert dropped in text, "the mail names the missing column"
+    page = links.quarantine_url(load_settings().public_url, BAD_DAY.isoformat(), kept[0].name)
+    assert f'href="{page}"' in text, "the mail links the batch on the Quarantine page"
+    assert str(kept[0]) not in text, "no server path as the batch's address"
 
     run_dag(loop, "ingest", {"day": BAD_DAY.isoformat()})
     assert len(mails(loop, "Bad data")) == 1, "the same bad batch is mailed once"
