@@ -84,16 +84,17 @@ def _lake() -> Any:
     return Lake(_settings().lake)
 
 
-def render(request: Request, template: str, title: str, **context: Any) -> HTMLResponse:
+def page_html(template: str, title: str, here: str, **context: Any) -> str:
+    """One page as HTML (``here``: its path, for the navigation); no request needed."""
     settings = _settings()
-    html = (
+    return (
         _templates()
         .get_template(template)
         .render(
             title=title,
             nav=NAV,
             prefix=links.UI_PREFIX,
-            here=request.url.path,
+            here=here,
             # Links are opened by the viewer's browser: the address people use.
             airflow_url=settings.public_url,
             mlflow_url=settings.mlflow_tracking_uri,
@@ -101,7 +102,10 @@ def render(request: Request, template: str, title: str, **context: Any) -> HTMLR
             **context,
         )
     )
-    return HTMLResponse(html)
+
+
+def render(request: Request, template: str, title: str, **context: Any) -> HTMLResponse:
+    return HTMLResponse(page_html(template, title, request.url.path, **context))
 
 
 def create_app() -> FastAPI:

@@ -55,41 +55,63 @@ def drift_runs(lake: Lake) -> list[dict[str, Any]]:
         ``{"run_key", "at" (the summary's time), "title", "drifted_columns", "share_drifted",
         "threshold", "scores" (column -> score), "rows_current", "rows_reference", "has_report"}``.
     """
-    from continuous_training.monitoring.report import REPORT_HTML
 
     base = lake.drift_reports()
     if not base.is_dir():
         return []
-    runs = []
-    for folder in base.iterdir():
-        summary = folder / "summary.json"
-        if not summary.is_file():
-            continue
-        try:
-            data = read_json(summary)
-        except (OSError, ValueError) as exc:
-            log.warning("Drift summary %s unreadable: %s", summary, exc)
-            continue
-        runs.append(
-            {
-                "run_key": folder.name,
-                "at": datetime.fromtimestamp(summary.stat().st_mtime, UTC),
-                "title": data.get("title", folder.name),
-                "drifted_columns": list(data.get("drifted_columns") or []),
-                "share_drifted": data.get("share_drifted"),
-                "threshold": data.get("threshold"),
-                "scores": dict(data.get("scores") or {}),
-                "rows_current": data.get("rows_current"),
-                "rows_reference": data.get("rows_reference"),
-                "has_report": (folder / REPORT_HTML).is_file(),
-            }
-        )
+    runs = [run for folder in base.iterdir() if (run := _drift_summary(folder)) is not None]
     return sorted(runs, key=lambda run: run["at"], reverse=True)
+
+
+def _drift_summary(folder: Path) -> dict[str, Any] | None:
+    """One monitor run's verdict from its folder's ``summary.json`` (None without a readable one)."""
+    from continuous_training.monitoring.report import REPORT_HTML
+
+    summary = folder / "summary.json"
+    if not summary.is_file():
+        return None
+    try:
+        data = read_json(summary)
+    except (OSError, ValueError) as exc:
+        log.warning("Drift summary %s unreadable: %s", summary, exc)
+        return None
+    return {
+        "run_key": folder.name,
+        "at": datetime.fromtimestamp(summary.stat().st_mtime, UTC),
+        "title": data.get("title", folder.name),
+        "drifted_columns": list(data.get("drifted_columns") or []),
+        "share_drifted": data.get("share_drifted"),
+        "threshold": data.get("threshold"),
+        "scores": dict(data.get("scores") or {}),
+        "rows_current": data.get("rows_current"),
+        "rows_reference": data.get("rows_reference"),
+        "has_report": (folder / REPORT_HTML).is_file(),
+    }
+
+
+def latest_drift_run(lake: Lake) -> dict[str, Any] | None:
+    """The newest monitor run's verdict (by its summary's time), reading that one summary only."""
+    base = lake.drift_reports()
+    if not base.is_dir():
+        return None
+    stamped = []
+    for folder in base.iterdir():
+        try:
+            stamped.append(((folder / "summary.json").stat().st_mtime, folder.name))
+        except OSError:
+            continue
+    if not stamped:
+        return None
+    return drift_run(lake, max(stamped)[1])
 
 
 def drift_run(lake: Lake, run_key: str) -> dict[str, Any] | None:
     """One monitor run's verdict with its columns sorted by score (highest first), or None."""
-    run = next((r for r in drift_runs(lake) if r["run_key"] == run_key), None)
+    run = (
+        _drift_summary(lake.drift_reports() / run_key)
+        if lake.drift_report_dir(run_key).name == run_key
+        else None
+    )
     if run is None:
         return None
     threshold = run["threshold"]
@@ -504,7 +526,7 @@ def overview(settings: Settings) -> dict[str, Any]:
 
     gather("champion", lambda: champion(settings, lake))
     gather("endpoint", lambda: endpoint_state(settings, lake))
-    gather("drift", lambda: next(iter(drift_runs(lake)), None))
+    gather("drift", lambda: latest_drift_run(lake))
     gather("gate", lambda: last_gate_verdict(settings))
     gather("next_runs", next_runs)
     gather("quarantines", lambda: [q for q in quarantines(lake) if q["open"]])

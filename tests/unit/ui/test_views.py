@@ -177,3 +177,10 @@ def test_champion_moves_are_recorded_once_and_say_since_when(tmp_path: Path) -> 
     assert history.champion_since(moves, "1") is None  # moved by hand after the last recorded move
     with pytest.raises(ValueError, match="expected one of"):
         history.record_move(lake, "m", kind="moved", from_version="1", to_version="2", by=by, why="")
+
+
+def test_the_overview_reads_only_the_newest_drift_summary(lake: Lake) -> None:
+    newest = views.latest_drift_run(lake)
+    assert newest["run_key"] == views.drift_runs(lake)[0]["run_key"]
+    assert newest["columns"][0]["drifted"]
+    assert views.latest_drift_run(Lake(lake.root / "nothing")) is None
