@@ -72,7 +72,22 @@ def _run_to_approval(ui_stack, admin, run_id: str) -> dict:
         },
     )
     assert resp.status_code == 200, resp.text
-    return wait_until(lambda: _request(admin, run_id), 900, f"the approval request of {run_id}", interval=2)
+    request = wait_until(
+        lambda: _request(admin, run_id), 900, f"the approval request of {run_id}", interval=2
+    )
+    # Answer once the task has parked in `awaiting_input`, as a person would: the request is written a
+    # moment before, and an answer in that moment raced the task's own pause in Airflow 3.3 (the task
+    # was set up for retry and asked again; seen once in a clean-clone run).
+    wait_until(
+        lambda: (
+            admin.get(f"/api/v2/dags/train/dagRuns/{run_id}/taskInstances/approve").json()["state"]
+            == "awaiting_input"
+        ),
+        120,
+        f"approve of {run_id} awaiting input",
+        interval=1,
+    )
+    return request
 
 
 def _finished(admin, run_id: str) -> dict:
