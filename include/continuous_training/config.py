@@ -153,6 +153,48 @@ class ServingPolicy:
 
 
 @dataclass(frozen=True)
+class ReleasePolicy:
+    """How a registered version reaches the ``champion`` alias, and how it is watched after (``release:``).
+
+    Attributes:
+        shadow_share: share of ``/predict`` requests the endpoint also scores with the ``challenger``
+            version (off the request path; both scores go to the prediction log). 0 turns shadow
+            scoring off.
+        shadow: the train DAG waits for the shadow verdict before deploying.
+        shadow_min_rows: shadow-scored rows needed before the verdict.
+        shadow_max_wait_minutes: longest wait for them; then the promotion is blocked.
+        shadow_min_agreement: share of rows both versions must decide alike (score at or above
+            ``decision_threshold``).
+        shadow_max_score_shift: largest Wasserstein distance between the two versions' scores.
+        shadow_max_error_rate: largest share of rows the challenger failed to score.
+        decision_threshold: the score at and above which a row is decided positive.
+        watch: watch each new champion on live traffic and roll back on a breach.
+        watch_minutes: how long a new champion is watched.
+        watch_min_rows: served rows needed before the figures are compared.
+        watch_max_error_rate: largest share of failed (or non-finite) scores.
+        watch_max_p99_ratio: largest p99 latency as a multiple of the previous champion's.
+        watch_max_score_shift: largest Wasserstein distance from the previous champion's scores.
+        watch_poll_seconds: how often the watcher reads the prediction log.
+    """
+
+    shadow_share: float = 1.0
+    shadow: bool = False
+    shadow_min_rows: int = 1000
+    shadow_max_wait_minutes: float = 60.0
+    shadow_min_agreement: float = 0.9
+    shadow_max_score_shift: float = 0.1
+    shadow_max_error_rate: float = 0.0
+    decision_threshold: float = 0.5
+    watch: bool = True
+    watch_minutes: float = 30.0
+    watch_min_rows: int = 200
+    watch_max_error_rate: float = 0.01
+    watch_max_p99_ratio: float = 3.0
+    watch_max_score_shift: float = 0.2
+    watch_poll_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class Policy:
     model: ModelPolicy
     training: TrainingPolicy
@@ -160,6 +202,7 @@ class Policy:
     drift: DriftPolicy
     alerts: AlertPolicy
     serving: ServingPolicy = field(default_factory=ServingPolicy)
+    release: ReleasePolicy = field(default_factory=ReleasePolicy)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -266,6 +309,7 @@ def load_policy(config_dir: Path | None = None) -> Policy:
         "drift": DriftPolicy,
         "alerts": AlertPolicy,
         "serving": ServingPolicy,
+        "release": ReleasePolicy,
     }
     unknown = sorted(set(data) - set(sections))
     if unknown:
@@ -286,4 +330,36 @@ def load_policy(config_dir: Path | None = None) -> Policy:
             raise ConfigError(
                 f"{path}: serving.{name}: expected a positive integer, got {getattr(serving, name)!r}"
             )
+    _check_release(built["release"], f"{path}: release")
     return Policy(**built)
+
+
+def _check_release(release: ReleasePolicy, where: str) -> None:
+    shares = (
+        "shadow_share",
+        "shadow_min_agreement",
+        "shadow_max_error_rate",
+        "decision_threshold",
+        "watch_max_error_rate",
+    )
+    for name in shares:
+        value = getattr(release, name)
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{where}.{name}: expected a share between 0 and 1, got {value!r}")
+    positive = (
+        "shadow_min_rows",
+        "shadow_max_wait_minutes",
+        "watch_minutes",
+        "watch_min_rows",
+        "watch_max_p99_ratio",
+        "watch_poll_seconds",
+        "shadow_max_score_shift",
+        "watch_max_score_shift",
+    )
+    for name in positive:
+        value = getattr(release, name)
+        if not value > 0:
+            raise ConfigError(f"{where}.{name}: expected a positive number, got {value!r}")
+    for name in ("shadow_min_rows", "watch_min_rows"):
+        if not isinstance(getattr(release, name), int):
+            raise ConfigError(f"{where}.{name}: expected a whole number, got {getattr(release, name)!r}")
