@@ -380,10 +380,25 @@ def _write_policy(tmp_path: Path, text: str) -> Path:
 POLICY_ERROR_CASES = [
     pytest.param(
         "alert: {on_call: [a@example.com]}\n",
-        ": unknown section(s) ['alert']; expected ['alerts', 'drift', 'gate', 'model', 'serving', 'training']",
+        ": unknown section(s) ['alert']; expected ['alerts', 'drift', 'gate', 'model', 'release', 'serving', 'training']",
         id="unknown-section",
     ),
     pytest.param("training: 5\n", ": training: expected a mapping, got int", id="section-int"),
+    pytest.param(
+        "release: {shadow_share: 1.5}\n",
+        ": release.shadow_share: expected a share between 0 and 1, got 1.5",
+        id="release-share",
+    ),
+    pytest.param(
+        "release: {watch_minutes: 0}\n",
+        ": release.watch_minutes: expected a positive number, got 0",
+        id="release-positive",
+    ),
+    pytest.param(
+        "release: {shadow_min_rows: 10.5}\n",
+        ": release.shadow_min_rows: expected a whole number, got 10.5",
+        id="release-whole",
+    ),
     pytest.param(
         "serving: {out_of_range: clip}\n",
         ": serving.out_of_range: expected one of ['reject', 'score'], got 'clip'",
