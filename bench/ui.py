@@ -70,7 +70,7 @@ def _drift_history(ctx: BenchContext, lake: Any, days: int) -> None:
 
 def _versions(ctx: BenchContext, lake: Any, champion: dict[str, Any], count: int) -> None:
     """Versions of the champion's run up to ``count``, with its tags, and one champion move each."""
-    from continuous_training.model import history
+    from continuous_training.model import ledger
     from continuous_training.modelstore import client
 
     mlflow_client = client()
@@ -87,15 +87,17 @@ def _versions(ctx: BenchContext, lake: Any, champion: dict[str, Any], count: int
         mlflow.register_model(uri, name, tags=mv.tags)
     ctx.log(f"{count} versions of {name} in the registry ({time.monotonic() - started:.1f} s to add them)")
     for v in range(1, count + 1):
-        history.record_move(
+        ledger.record(
             lake,
             name,
-            kind=history.PROMOTED,
+            kind=ledger.DEPLOY,
             from_version=str(v - 1) if v > 1 else None,
             to_version=str(v),
-            by={"dag_id": "train", "dag_run_id": f"bench__train__{v:03d}", "task_id": "deploy"},
-            why="bench history",
-            at=datetime(2025, 12, 1, tzinfo=UTC) + timedelta(days=7 * v),
+            outcome=ledger.CONFIRMED,
+            actor={"dag_id": "train", "dag_run_id": f"bench__train__{v:03d}", "task_id": "deploy"},
+            reason="bench history",
+            at=(datetime(2025, 12, 1, tzinfo=UTC) + timedelta(days=7 * v)).isoformat(),
+            detail={"served_after_s": 3.2},
         )
 
 

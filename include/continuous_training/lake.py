@@ -15,7 +15,7 @@ Layout under the lake root (``CT_LAKE``, default ``$CT_HOME/lake``)::
     monitoring/retrain_triggers.json            ledger of drift-triggered retrainings (the cooldown)
     reports/drift/<run>/                        drift reports (HTML + JSON)
     alerts/<event>.json                         ledger of alert mails already sent (one mail per event)
-    registry/<model>/champion_moves/<move>.json  every move of the champion alias (who, when, from, to, why)
+    registry/<model>/ledger/<move>.json  the deployment ledger: every move of the champion alias
 
 A partition folder (raw, validated, quarantine) holds ``data.parquet`` and ``_manifest.json``
 (:func:`data_file`, :func:`manifest_file`); a quarantine folder also keeps the evidence named by the
@@ -120,9 +120,9 @@ class Lake:
         """The folder of every monitor run's drift report (one sub-folder per run)."""
         return self.root / "reports" / "drift"
 
-    def champion_moves(self, model: str) -> Path:
-        """The folder of the champion alias's moves of one registered model (one JSON file per move)."""
-        return self.root / "registry" / safe_name(model) / "champion_moves"
+    def ledger(self, model: str) -> Path:
+        """The deployment ledger of one registered model (one JSON file per move of its champion)."""
+        return self.root / "registry" / safe_name(model) / "ledger"
 
     def alert_ledger(self, event_key: str) -> Path:
         return self.root / "alerts" / f"{safe_name(event_key)}.json"
@@ -212,6 +212,27 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def write_json_once(path: Path, obj: Any) -> bool:
+    """Create ``path`` holding ``obj`` unless it exists; never replaces a file, even against a racing
+    writer (the whole file appears at once through a hard link, which fails if the name is taken).
+
+    Returns:
+        True if this call created the file, False if it existed.
+    """
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True
 
 
 def read_json(path: Path) -> Any:

@@ -52,9 +52,12 @@ TAG_MODEL_MANIFEST_SHA256 = "ct.model_manifest_sha256"
 # version carrying both, valid under the pipeline's key, may serve as champion.
 TAG_PROVENANCE = "ct.provenance"
 TAG_PROVENANCE_SIGNATURE = "ct.provenance_signature"
-# Tags of a model version set by deployment.
-TAG_PREVIOUS_CHAMPION = "ct.previous_champion"
-TAG_DEPLOY_CONFIRMED = "ct.deploy_confirmed"
+# Tags of a model version set on its way to the champion alias: the approval decision (JSON: decision,
+# who, when), the shadow verdict (JSON: passed, figures, limits) and the latest move of the alias to it
+# (JSON: kind, from_version, at, actor, reason, confirmed), which a resumed move reads.
+TAG_APPROVAL = "ct.approval"
+TAG_SHADOW_VERDICT = "ct.shadow_verdict"
+TAG_CHAMPION_MOVE = "ct.champion_move"
 
 #: The value recorded when a piece of lineage is not known (no git checkout, no DAG run).
 UNKNOWN = "unknown"

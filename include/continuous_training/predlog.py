@@ -15,8 +15,28 @@ as served (numbers as float64, categories and strings as str), ``score`` (float6
 ``out_of_range`` (:data:`FLAG_COLUMN`): the row's contract columns whose value lay outside the contract
 (a number outside ``min``/``max``, an unseen category), comma-separated, or null when none did. The
 endpoint scores such rows when the policy's ``serving.out_of_range`` is ``score``, and flags them here
-so that monitoring can count them (:func:`flagged_counts`). Files written before the column existed
-read back with it null.
+so that monitoring can count them (:func:`flagged_counts`).
+
+Release columns (safe releases: shadow scoring and error rates per version):
+
+- ``challenger_version`` (string, null): the ``challenger`` version that also scored the row, off the
+  request path (shadow scoring, :mod:`continuous_training.serving.shadow`); null when the row was not
+  shadow-scored (no challenger, the challenger is the champion, the request was not sampled, or the
+  shadow queue was full).
+- ``challenger_score`` (float64, null): the challenger's score of the row; null when not shadow-scored
+  or when the challenger failed on it.
+- ``challenger_error`` (string, null): why the challenger gave no score although it was asked to
+  (``<exception class>: <what failed>``, written by the endpoint, never the client's input); null
+  otherwise. Shadow comparisons use the rows with ``challenger_version`` set: its error rate is the
+  share of them with ``challenger_error`` set.
+- ``latency_ms`` (float64, null): the server-side time of the request, from the start of the handler
+  to the champion's scores (the same value on each of the request's rows).
+- ``error`` (string, null): the exception class when the champion failed to score a parsed request
+  (the endpoint answered 500); ``score`` is NaN on such rows. Null for served rows.
+  :func:`read_predictions` leaves error rows out unless asked (``include_errors``), so drift
+  monitoring sees served rows only.
+
+Files written before a column of :data:`ADDED_COLUMNS` existed read back with it null.
 """
 
 from __future__ import annotations
@@ -46,8 +66,25 @@ META_COLUMNS = ("request_id", "row_id", "served_at", "model_name", "model_versio
 SCORE_COLUMN = "score"
 #: The row's contract columns outside the contract, comma-separated; null when every value was inside.
 FLAG_COLUMN = "out_of_range"
+#: The challenger version that shadow-scored the row (null when it was not shadow-scored).
+CHALLENGER_VERSION_COLUMN = "challenger_version"
+#: The challenger's score of the row (null when not shadow-scored, or when the challenger failed).
+CHALLENGER_SCORE_COLUMN = "challenger_score"
+#: Why the challenger gave no score although asked (null otherwise).
+CHALLENGER_ERROR_COLUMN = "challenger_error"
+#: Server-side time of the request, handler start to the champion's scores, in milliseconds.
+LATENCY_COLUMN = "latency_ms"
+#: The exception class of a failed champion scoring (null for served rows).
+ERROR_COLUMN = "error"
 #: Columns added after the first files were written: older files read back with them null.
-ADDED_COLUMNS = (FLAG_COLUMN,)
+ADDED_COLUMNS = (
+    FLAG_COLUMN,
+    CHALLENGER_VERSION_COLUMN,
+    CHALLENGER_SCORE_COLUMN,
+    CHALLENGER_ERROR_COLUMN,
+    LATENCY_COLUMN,
+    ERROR_COLUMN,
+)
 PART_GLOB = "part-*.parquet"
 
 # A lake that refuses writes must not grow the endpoint's memory without bound: past this many
@@ -75,6 +112,11 @@ def prediction_schema(contract: DatasetContract) -> pa.Schema:
         fields.append(pa.field(col.name, pa.float64() if col.is_numeric else pa.string()))
     fields.append(pa.field(SCORE_COLUMN, pa.float64(), nullable=False))
     fields.append(pa.field(FLAG_COLUMN, pa.string()))
+    fields.append(pa.field(CHALLENGER_VERSION_COLUMN, pa.string()))
+    fields.append(pa.field(CHALLENGER_SCORE_COLUMN, pa.float64()))
+    fields.append(pa.field(CHALLENGER_ERROR_COLUMN, pa.string()))
+    fields.append(pa.field(LATENCY_COLUMN, pa.float64()))
+    fields.append(pa.field(ERROR_COLUMN, pa.string()))
     return pa.schema(fields)
 
 
@@ -94,6 +136,12 @@ class _Piece:
     model_version: str
     served_at: datetime
     flags: np.ndarray | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    challenger_version: str | None = None
+    challenger_scores: np.ndarray | None = None
+    # One message for every row (str) or one per row (object array of str or None).
+    challenger_error: str | np.ndarray | None = None
 
 
 def _float_column(values: Any) -> np.ndarray:
@@ -110,6 +158,16 @@ def _text_column(values: np.ndarray) -> pa.Array:
         # Other callers may pass numbers as categories: logged as their text.
         texts = [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values]
         return pa.array(texts, pa.string())
+
+
+def _repeated_text(values: list[str | None], counts: list[int]) -> pa.Array:
+    """One text value per piece, repeated over its rows (all-null pieces cost nothing)."""
+    total = sum(counts)
+    if all(v is None for v in values):
+        return pa.nulls(total, pa.string())
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return pa.array(np.repeat(array, counts), pa.string(), from_pandas=True)
 
 
 class PredictionLog:
@@ -174,6 +232,11 @@ class PredictionLog:
         model_version: str,
         served_at: datetime | None = None,
         out_of_range: Sequence[str | None] | np.ndarray | None = None,
+        latency_ms: float | None = None,
+        error: str | None = None,
+        challenger_version: str | None = None,
+        challenger_scores: Sequence[float] | np.ndarray | None = None,
+        challenger_error: str | Sequence[str | None] | np.ndarray | None = None,
     ) -> None:
         """Buffer one request's rows and scores.
 
@@ -189,10 +252,17 @@ class PredictionLog:
             served_at: when the request was served; default now (UTC). Naive values are UTC.
             out_of_range: per row, its columns outside the contract (comma-separated) or None; None
                 (the default) when no row is flagged. Logged as :data:`FLAG_COLUMN`.
+            latency_ms: the request's server-side time (:data:`LATENCY_COLUMN`), or None.
+            error: the exception class of a failed champion scoring (:data:`ERROR_COLUMN`); pass NaN
+                scores with it.
+            challenger_version: the challenger version asked to shadow-score the rows, or None.
+            challenger_scores: its score of each row (NaN where it gave none), or None.
+            challenger_error: why the challenger gave no score: one message for all rows, or one per
+                row (None where it scored); None when it scored them all.
 
         Raises:
-            ValueError: a feature column is missing, the columns differ in length, or ``scores`` or
-                ``out_of_range`` has the wrong length.
+            ValueError: a feature column is missing, the columns differ in length, or ``scores``,
+                ``out_of_range``, ``challenger_scores`` or ``challenger_error`` has the wrong length.
         """
         missing = [c.name for c in self._features if c.name not in frame]
         if missing:
@@ -220,6 +290,24 @@ class PredictionLog:
                     f"prediction log: {len(flags)} out-of-range flags for {rows} rows (request {request_id}); "
                     "expected one per row"
                 )
+        challenger = None
+        if challenger_scores is not None:
+            challenger = np.asarray(challenger_scores, dtype=np.float64).reshape(-1)
+            if len(challenger) != rows:
+                raise ValueError(
+                    f"prediction log: {len(challenger)} challenger scores for {rows} rows "
+                    f"(request {request_id}); expected one per row"
+                )
+        challenger_errors: str | np.ndarray | None = None
+        if isinstance(challenger_error, str):
+            challenger_errors = challenger_error
+        elif challenger_error is not None:
+            challenger_errors = np.asarray(challenger_error, dtype=object).reshape(-1)
+            if len(challenger_errors) != rows:
+                raise ValueError(
+                    f"prediction log: {len(challenger_errors)} challenger errors for {rows} rows "
+                    f"(request {request_id}); expected one per row"
+                )
         if rows == 0:
             return
         piece = _Piece(
@@ -231,6 +319,11 @@ class PredictionLog:
             model_version=str(model_version),
             served_at=to_utc(served_at) if served_at is not None else datetime.now(UTC),
             flags=flags,
+            latency_ms=None if latency_ms is None else float(latency_ms),
+            error=None if error is None else str(error),
+            challenger_version=None if challenger_version is None else str(challenger_version),
+            challenger_scores=challenger,
+            challenger_error=challenger_errors,
         )
         with self._lock:
             self._pieces.append(piece)
@@ -294,7 +387,43 @@ class PredictionLog:
             columns[FLAG_COLUMN] = _text_column(np.concatenate(flags))
         else:
             columns[FLAG_COLUMN] = pa.nulls(sum(counts), pa.string())
+        columns.update(self._release_columns(pieces, counts))
         return pa.table(columns, schema=self.schema)
+
+    @staticmethod
+    def _release_columns(pieces: list[_Piece], counts: list[int]) -> dict[str, pa.Array]:
+        """The shadow-scoring, latency and error columns of many appends."""
+        total = sum(counts)
+        columns: dict[str, pa.Array] = {
+            CHALLENGER_VERSION_COLUMN: _repeated_text([p.challenger_version for p in pieces], counts),
+            ERROR_COLUMN: _repeated_text([p.error for p in pieces], counts),
+        }
+        if any(p.challenger_scores is not None for p in pieces):
+            scores = np.concatenate(
+                [
+                    p.challenger_scores if p.challenger_scores is not None else np.full(p.rows, np.nan)
+                    for p in pieces
+                ]
+            )
+            # NaN means "no score" here: a challenger's non-finite score is logged as an error instead.
+            columns[CHALLENGER_SCORE_COLUMN] = pa.array(scores, pa.float64(), mask=np.isnan(scores))
+        else:
+            columns[CHALLENGER_SCORE_COLUMN] = pa.nulls(total, pa.float64())
+        if any(p.challenger_error is not None for p in pieces):
+            parts = []
+            for p in pieces:
+                if isinstance(p.challenger_error, np.ndarray):
+                    parts.append(p.challenger_error)
+                else:
+                    parts.append(np.full(p.rows, p.challenger_error, dtype=object))
+            columns[CHALLENGER_ERROR_COLUMN] = pa.array(np.concatenate(parts), pa.string(), from_pandas=True)
+        else:
+            columns[CHALLENGER_ERROR_COLUMN] = pa.nulls(total, pa.string())
+        latencies = np.repeat(
+            np.array([np.nan if p.latency_ms is None else p.latency_ms for p in pieces], np.float64), counts
+        )
+        columns[LATENCY_COLUMN] = pa.array(latencies, pa.float64(), mask=np.isnan(latencies))
+        return columns
 
     def _write(self, day: date, table: pa.Table) -> Path:
         folder = self.lake.predictions(day.isoformat())
@@ -400,6 +529,7 @@ def read_predictions(
     model_version: str | None = None,
     *,
     contract: DatasetContract | None = None,
+    include_errors: bool = False,
 ) -> pd.DataFrame:
     """The predictions served in ``[start, end)``, optionally by one model version.
 
@@ -412,11 +542,15 @@ def read_predictions(
         end: window end (exclusive); naive values are UTC.
         model_version: keep only rows served by this model version.
         contract: the dataset contract; default :func:`~continuous_training.config.load_contract`.
+        include_errors: also return the rows of requests the champion failed to score
+            (:data:`ERROR_COLUMN` set, ``score`` NaN), e.g. to compute error rates per version; by
+            default only served rows are returned.
 
     Returns:
         The logged columns (see the module docstring), sorted by ``served_at``; an empty frame with
         the same columns and dtypes when nothing matches. :data:`FLAG_COLUMN` is null for rows
-        served inside the contract and for files written before the column existed.
+        served inside the contract; every column of :data:`ADDED_COLUMNS` is null for files written
+        before it existed.
 
     Raises:
         ValueError: ``start`` is not before ``end``, or a file lacks a logged column (file named).
@@ -446,6 +580,8 @@ def read_predictions(
     mask = pc.and_(pc.greater_equal(table["served_at"], ts[0]), pc.less(table["served_at"], ts[1]))
     if model_version is not None:
         mask = pc.and_(mask, pc.equal(table["model_version"], str(model_version)))
+    if not include_errors:
+        mask = pc.and_(mask, pc.is_null(table[ERROR_COLUMN]))
     table = table.filter(mask)
     frame = table.to_pandas()
     return frame.sort_values("served_at", kind="stable", ignore_index=True)

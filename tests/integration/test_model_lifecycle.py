@@ -38,7 +38,7 @@ from continuous_training.lineage import (
     CHAMPION,
     EVALUATION_REPORT_ARTIFACT,
     REFERENCE_ARTIFACT,
-    TAG_DEPLOY_CONFIRMED,
+    TAG_CHAMPION_MOVE,
 )
 from continuous_training.model import registry
 from continuous_training.model.deploy import (
@@ -50,6 +50,7 @@ from continuous_training.model.deploy import (
     smoke_test,
 )
 from continuous_training.model.evaluate import evaluate_challenger, gate_verdict
+from continuous_training.model.ledger import read_ledger
 from continuous_training.model.train import experiment_id, train_challenger
 from continuous_training.model.training_set import build_training_set, select_training_days
 from continuous_training.modelstore import alias_version
@@ -372,18 +373,20 @@ def test_failed_promotion_restores_the_previous_champion(world, registered_v2):
         promote_champion(MODEL, 2, endpoint_url=url, timeout_s=2, moved_by=by)
     client = world["client"]
     assert client.get_registered_model(MODEL).aliases == {"champion": "1", "challenger": "2"}
-    assert client.get_model_version(MODEL, "2").tags["ct.previous_champion"] == "1"
+    move = json.loads(client.get_model_version(MODEL, "2").tags["ct.champion_move"])
+    assert (move["kind"], move["from_version"], move["confirmed"]) == ("deploy", "1", False)
     assert registry.get_champion(MODEL)["version"] == "1"
-    # Both moves are in the champion's history: the promotion and its rollback, by that run.
-    from continuous_training.lake import Lake
-    from continuous_training.model.history import champion_moves
-
-    moves = [m for m in champion_moves(Lake.from_settings(), MODEL) if m["dag_run_id"] == "rollback_test"]
-    assert [(m["kind"], m["from_version"], m["to_version"]) for m in moves] == [
-        ("promoted", "1", "2"),
-        ("rolled_back", "2", "1"),
+    # One ledger record: the deploy by that run, restored, with the endpoint's last answer and the
+    # gate's verdict the version carries.
+    entries = [
+        e for e in read_ledger(Lake.from_settings(), MODEL) if e["actor"]["dag_run_id"] == "rollback_test"
     ]
-    assert "not served" in moves[1]["why"]
+    assert [(e["kind"], e["from_version"], e["to_version"], e["outcome"]) for e in entries] == [
+        ("deploy", "1", "2", "restored")
+    ]
+    assert entries[0]["actor"] == {**by, "user": None}
+    assert "champion restored to v1" in entries[0]["detail"]["restored"]
+    assert entries[0]["gate"]["verdict"]["passed"] is True
 
 
 class _HealthStub(BaseHTTPRequestHandler):
@@ -448,9 +451,14 @@ def test_promotion_waits_until_every_worker_serves_the_version(world, registered
     # they must agree for STABLE_S before the promotion returns.
     assert time.monotonic() - script["start"] >= script["lag_s"] - _POLL_S + STABLE_S
     assert world["client"].get_registered_model(MODEL).aliases["champion"] == "2"
-    again = promote_champion(MODEL, 2, endpoint_url=url, timeout_s=30)
+    again = promote_champion(MODEL, 2, endpoint_url=url, timeout_s=30)  # a cleared deploy task
     assert again["changed"] is False
     assert again["previous_version"] == "1"
+    assert again["ledger"] == promoted["ledger"]
+    records = [e for e in read_ledger(Lake.from_settings(), MODEL) if e["key"] == promoted["ledger"]]
+    assert len(records) == 1
+    assert records[0]["outcome"] == "confirmed"
+    assert records[0]["detail"]["served_after_s"] == promoted["served_after_s"]
 
 
 def test_a_champion_whose_model_cannot_load_is_reported_not_fatal(world, trained_a, trained_b, registered_v2):
@@ -478,9 +486,16 @@ def test_a_retry_after_a_killed_promotion_resumes_and_rolls_back(world, register
     client = world["client"]
     # What an attempt promoting v1 over v2 leaves when it is killed while waiting for the endpoint:
     # the alias moved, the previous champion recorded, no confirmation.
-    client.set_model_version_tag(MODEL, "1", "ct.previous_champion", "2")
+    move = {
+        "kind": "deploy",
+        "from_version": "2",
+        "at": "2026-01-05T00:00:00+00:00",
+        "confirmed": False,
+        "actor": {"dag_id": "train", "dag_run_id": "killed", "task_id": "deploy"},
+        "reason": "test",
+    }
+    client.set_model_version_tag(MODEL, "1", "ct.champion_move", json.dumps(move))
     client.set_registered_model_alias(MODEL, "champion", "1")
-    assert "ct.deploy_confirmed" not in client.get_model_version(MODEL, "1").tags
     url = dead_url()
     with pytest.raises(DeployRolledBack, match=r"v1 not served .* after 2s; champion restored to v2"):
         promote_champion(MODEL, 1, endpoint_url=url, timeout_s=2)
@@ -491,7 +506,8 @@ def test_a_confirmed_champion_is_not_rolled_back_when_the_endpoint_is_down(world
     # What a promotion of v2 that the endpoint confirmed leaves (as in
     # test_promotion_waits_until_every_worker_serves_the_version): v2 the champion, tagged confirmed.
     client = world["client"]
-    client.set_model_version_tag(MODEL, "2", TAG_DEPLOY_CONFIRMED, "true")
+    move = json.loads(client.get_model_version(MODEL, "2").tags[TAG_CHAMPION_MOVE])
+    assert move["confirmed"] is True
     set_champion(client, "2")
     url = dead_url()
     with pytest.raises(DeployError, match=rf"v2 is the champion but {url} does not serve it") as caught:

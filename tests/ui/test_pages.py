@@ -138,9 +138,10 @@ def test_the_models_page_lists_the_versions_and_the_champions_history(ui_stack):
     assert "champion" in row
     assert "passed" in row
     assert "/ct/evaluation/" in row
-    history = html.split('id="moves"', 1)[1].split("</table>", 1)[0]
-    # The demo promoted twice: the first champion, then the drift-triggered retraining.
-    assert history.count("promoted") == 2
+    history = html.split('id="ledger"', 1)[1].split("</table>", 1)[0]
+    # The demo deployed twice, each confirmed: the first champion, then the drift-triggered retraining.
+    assert history.count('class="ledger-deploy"') == 2
+    assert history.count(">confirmed<") == 2
     assert f"v{summary['champion_before']} → v{champion}" in history
     assert "drift__demo__monitor__drift" in history
     assert "Plotly.newPlot" in html

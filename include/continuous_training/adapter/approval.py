@@ -29,8 +29,6 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 
 log = logging.getLogger(__name__)
 
-#: Model-version tag holding the approval decision (JSON).
-TAG_APPROVAL = "ct.approval"
 #: Who decided when the policy does not ask a person.
 POLICY_USER = {"id": "policy", "name": "policy (gate.require_approval is false)"}
 #: Who decided when nobody answered within ``approval_timeout_hours``.
@@ -114,6 +112,7 @@ def approval_request(registered: dict[str, Any], dag_run_id: str) -> dict[str, s
 
 def record_decision(registered: dict[str, Any], event: dict[str, Any], dag_run_id: str) -> dict[str, Any]:
     """Tag the model version with the approval decision; the tag as recorded."""
+    from continuous_training.lineage import TAG_APPROVAL
     from continuous_training.modelstore import client
 
     by = event.get("responded_by_user") or {}

@@ -14,9 +14,11 @@ against the signed manifest, skops only), so a refused version fails the deploy 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -25,8 +27,15 @@ import pandas as pd
 from continuous_training.config import load_contract
 from continuous_training.features import feature_frame
 from continuous_training.lake import Lake
-from continuous_training.lineage import CHAMPION, TAG_DEPLOY_CONFIRMED, TAG_PREVIOUS_CHAMPION, TAG_REASON
-from continuous_training.model import history
+from continuous_training.lineage import (
+    CHAMPION,
+    TAG_APPROVAL,
+    TAG_CHAMPION_MOVE,
+    TAG_GATE_VERDICT,
+    TAG_REASON,
+    TAG_SHADOW_VERDICT,
+)
+from continuous_training.model import ledger
 from continuous_training.modelstore import alias_version, client, load_model_version, trusted_version
 from continuous_training.provenance import ModelRefusedError
 from continuous_training.settings import load_settings
@@ -37,7 +46,6 @@ log = logging.getLogger(__name__)
 #: each polling the alias on its own, and one answer shows only one of them.
 STABLE_S = 3.0
 _POLL_S = 0.25
-_NONE = "none"
 
 
 class DeployError(RuntimeError):
@@ -158,108 +166,210 @@ def wait_served(name: str, version: str, url: str, timeout_s: float) -> float:
             time.sleep(_POLL_S)
 
 
-def promote_champion(
+def gate_record(tags: Mapping[str, str]) -> dict[str, Any]:
+    """What a version's tags say of its checks, for the ledger: the gate verdict and metrics, the
+    approval decision and the shadow verdict (each None when not recorded)."""
+    return {
+        "verdict": _json_tag(tags, TAG_GATE_VERDICT),
+        "approval": _json_tag(tags, TAG_APPROVAL),
+        "shadow": _json_tag(tags, TAG_SHADOW_VERDICT),
+    }
+
+
+def move_champion(
     name: str,
     version: str | int,
     *,
+    kind: str,
+    actor: Mapping[str, Any],
+    reason: str,
     endpoint_url: str | None = None,
     timeout_s: float = 120.0,
-    moved_by: Mapping[str, str] | None = None,
-    why: str = "",
+    detail: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Make ``version`` the champion and wait until the endpoint serves it; roll back if it does not.
+    """Point ``champion`` at ``version``, wait until the endpoint serves it, restore the previous one if
+    it does not, and append the move to the ledger (:mod:`~continuous_training.model.ledger`).
 
-    Idempotent: if ``champion`` already points at ``version`` and an earlier call confirmed it, the
-    endpoint is only checked again. If the alias points at it but the confirmation never happened (an
-    earlier attempt was killed while waiting), the wait resumes, with the recorded previous champion
-    as the rollback target.
+    Deploys, rollbacks and automatic rollbacks all move the alias here. Only a version with valid
+    signed provenance moves (:func:`check_provenance`), whatever the kind.
+
+    Idempotent: while it waits, the move is kept on the version's tags (``ct.champion_move``: kind,
+    from where, when, by whom, confirmed or not). A call that finds the alias already at ``version``
+    resumes that move: it waits again if the move was never confirmed (an earlier attempt was killed
+    while waiting; the recorded previous champion stays the restore target), or only checks the
+    endpoint if it was. Either way the ledger keeps one record per move.
 
     Args:
         name: registered model name.
-        version: the version to promote.
+        version: the version to make the champion.
+        kind: the ledger kind: ``deploy``, ``rollback`` or ``auto_rollback``.
+        actor: who or what moves it (``dag_id``, ``dag_run_id``, ``task_id``, ``user``).
+        reason: why, in a sentence (recorded in the ledger).
         endpoint_url: the prediction endpoint (default: ``settings.endpoint_url``).
         timeout_s: how long to wait for the endpoint to serve the version.
-        moved_by: what moves the alias (``dag_id``, ``dag_run_id``, ``task_id``), for the champion's
-            history (:mod:`~continuous_training.model.history`), which records every move and rollback.
-        why: why, in a sentence (default: the reason the version's run recorded).
+        detail: figures for the ledger record (e.g. the watcher's breach).
 
     Returns:
-        ``{"name", "version", "previous_version", "changed", "served_after_s"}``.
+        ``{"name", "version", "previous_version", "changed", "served_after_s", "ledger"}`` (the
+        ledger record's key).
 
     Raises:
         DeployRefused: the version carries no valid signed provenance; the alias was not moved.
         DeployRolledBack: the endpoint did not serve the version in time; the alias was restored.
         DeployError: the version was already the confirmed champion and the endpoint does not serve it
-            (nothing to roll back to), or the rollback itself failed.
+            (nothing to roll back to), or the restore itself failed.
     """
     version = str(version)
     url = endpoint_url or load_settings().endpoint_url
     mlflow_client = client()
     current = alias_version(mlflow_client, name, CHAMPION)
     tags = mlflow_client.get_model_version(name, version).tags or {}
+    move = _json_tag(tags, TAG_CHAMPION_MOVE)
 
+    if current == version and move is not None and move.get("confirmed"):
+        try:
+            served_after = wait_served(name, version, url, timeout_s)
+        except DeployError as exc:
+            raise DeployError(
+                f"{name} v{version} is the champion but {url} does not serve it after {timeout_s:.0f}s ({exc})"
+            ) from exc
+        entry = _record(
+            name, version, move, ledger.CONFIRMED, tags, {"served_after_s": round(served_after, 2)}
+        )
+        return _moved(name, version, move, False, served_after, entry)
+    if current == version and move is None:
+        # Moved outside the pipeline (nothing recorded): nothing to resume or restore, only checked.
+        served_after = wait_served(name, version, url, timeout_s)
+        return {
+            "name": name,
+            "version": version,
+            "previous_version": None,
+            "changed": False,
+            "served_after_s": round(served_after, 2),
+            "ledger": None,
+        }
     if current == version:
-        recorded = tags.get(TAG_PREVIOUS_CHAMPION)
-        previous = None if recorded in (None, _NONE) else recorded
-        changed = False
-        if tags.get(TAG_DEPLOY_CONFIRMED) == "true":
-            try:
-                served_after = wait_served(name, version, url, timeout_s)
-            except DeployError as exc:
-                raise DeployError(
-                    f"{name} v{version} is the champion but {url} does not serve it after {timeout_s:.0f}s "
-                    f"({exc})"
-                ) from exc
-            return {
-                "name": name,
-                "version": version,
-                "previous_version": previous,
-                "changed": False,
-                "served_after_s": round(served_after, 2),
-            }
         log.warning("%s v%s is the champion but was never confirmed served: resuming the wait", name, version)
+        changed = False
     else:
         check_provenance(name, version)
-        previous = current
-        changed = True
-        mlflow_client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, previous or _NONE)
-        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
-        log.info("Alias %s of %s moved from v%s to v%s", CHAMPION, name, previous, version)
-        history.record_move(
-            Lake.from_settings(),
-            name,
-            kind=history.PROMOTED,
-            from_version=previous,
-            to_version=version,
-            by=moved_by or {},
-            why=why or tags.get(TAG_REASON, ""),
+        move = {
+            "kind": kind,
+            "from_version": current,
+            "at": datetime.now(UTC).isoformat(),
+            "actor": {k: actor.get(k) for k in ledger.ACTOR_FIELDS},
+            "reason": reason,
+            "detail": dict(detail or {}),
+            "confirmed": False,
+        }
+        mlflow_client.set_model_version_tag(
+            name, version, TAG_CHAMPION_MOVE, json.dumps(move, sort_keys=True)
         )
+        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+        log.info("Alias %s of %s moved from v%s to v%s (%s)", CHAMPION, name, current, version, kind)
+        changed = True
 
+    previous = move["from_version"]
     try:
         served_after = wait_served(name, version, url, timeout_s)
     except DeployError as exc:
         restored = _restore(mlflow_client, name, previous)
-        history.record_move(
-            Lake.from_settings(),
-            name,
-            kind=history.ROLLED_BACK,
-            from_version=version,
-            to_version=previous,
-            by=moved_by or {},
-            why=f"v{version} was not served by {url} within {timeout_s:.0f} s; {restored}",
-        )
+        _record(name, version, move, ledger.RESTORED, tags, {"error": str(exc), "restored": restored})
         raise DeployRolledBack(
             f"{name} v{version} not served by {url} after {timeout_s:.0f}s; {restored} ({exc})"
         ) from exc
-    mlflow_client.set_model_version_tag(name, version, TAG_DEPLOY_CONFIRMED, "true")
+    entry = _record(name, version, move, ledger.CONFIRMED, tags, {"served_after_s": round(served_after, 2)})
+    mlflow_client.set_model_version_tag(
+        name, version, TAG_CHAMPION_MOVE, json.dumps({**move, "confirmed": True}, sort_keys=True)
+    )
     log.info("%s v%s served by %s after %.1fs", name, version, url, served_after)
+    return _moved(name, version, move, changed, served_after, entry)
+
+
+def promote_champion(
+    name: str,
+    version: str | int,
+    *,
+    endpoint_url: str | None = None,
+    timeout_s: float = 120.0,
+    moved_by: Mapping[str, Any] | None = None,
+    why: str = "",
+) -> dict[str, Any]:
+    """Deploy: :func:`move_champion` of kind ``deploy``, for the reason the version's run recorded.
+
+    Args:
+        name: registered model name.
+        version: the version to promote.
+        endpoint_url: the prediction endpoint (default: ``settings.endpoint_url``).
+        timeout_s: how long to wait for the endpoint to serve the version.
+        moved_by: what moves the alias (``dag_id``, ``dag_run_id``, ``task_id``, ``user``).
+        why: why, in a sentence (default: the reason the version's run recorded).
+
+    Returns and raises as :func:`move_champion`.
+    """
+    if not why:
+        why = (client().get_model_version(name, str(version)).tags or {}).get(TAG_REASON, "")
+    return move_champion(
+        name,
+        version,
+        kind=ledger.DEPLOY,
+        actor=moved_by or {},
+        reason=why,
+        endpoint_url=endpoint_url,
+        timeout_s=timeout_s,
+    )
+
+
+def _record(
+    name: str,
+    version: str,
+    move: Mapping[str, Any],
+    outcome: str,
+    tags: Mapping[str, str],
+    detail: Mapping[str, Any],
+) -> dict[str, Any]:
+    return ledger.record(
+        Lake.from_settings(),
+        name,
+        kind=move["kind"],
+        from_version=move["from_version"],
+        to_version=version,
+        outcome=outcome,
+        actor=move.get("actor") or {},
+        reason=move.get("reason") or "",
+        at=move["at"],
+        gate=gate_record(tags),
+        detail={**(move.get("detail") or {}), **detail},
+    )
+
+
+def _moved(
+    name: str,
+    version: str,
+    move: Mapping[str, Any],
+    changed: bool,
+    served_after: float,
+    entry: Mapping[str, Any],
+) -> dict[str, Any]:
     return {
         "name": name,
         "version": version,
-        "previous_version": previous,
+        "previous_version": move["from_version"],
         "changed": changed,
         "served_after_s": round(served_after, 2),
+        "ledger": entry["key"],
     }
+
+
+def _json_tag(tags: Mapping[str, str], key: str) -> dict[str, Any] | None:
+    raw = tags.get(key)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"unreadable": raw}
+    return value if isinstance(value, dict) else {"value": value}
 
 
 def check_gated_against(name: str, version: str, gated_against: str | None, current: str | None) -> None:

@@ -296,7 +296,7 @@ def champion(settings: Settings, lake: Lake) -> dict[str, Any] | None:
         "holdout_days", "metric", "holdout_value", "since" (the move that made it champion, or None
         when it was moved outside the pipeline), "reason", "dag_run_id"}``.
     """
-    from continuous_training.model.history import champion_moves, champion_since
+    from continuous_training.model.ledger import champion_since, read_ledger
     from continuous_training.modelstore import alias_version, client
 
     policy = load_policy(settings.config_dir)
@@ -318,7 +318,7 @@ def champion(settings: Settings, lake: Lake) -> dict[str, Any] | None:
         "holdout_days": _days(tags.get(TAG_HOLDOUT_DAYS)),
         "metric": metric,
         "holdout_value": run.data.metrics.get(f"holdout_{metric}") if run else None,
-        "since": champion_since(champion_moves(lake, name), str(version)),
+        "since": champion_since(read_ledger(lake, name), str(version)),
         "reason": tags.get(TAG_REASON),
         "dag_run_id": tags.get(TAG_DAG_RUN_ID),
     }
@@ -351,7 +351,7 @@ def last_gate_verdict(settings: Settings) -> dict[str, Any] | None:
 
 
 def models(settings: Settings, lake: Lake) -> dict[str, Any]:
-    """Every registered version with its gate verdict and lineage, and the champion alias's history.
+    """Every registered version with its gate verdict and lineage, and the deployment ledger.
 
     One registry search reads every version with its tags (the registration copies the run's lineage
     and the gate's verdict onto the version).
@@ -359,10 +359,11 @@ def models(settings: Settings, lake: Lake) -> dict[str, Any]:
     Returns:
         ``{"name", "metric", "champion", "experiment_id", "versions" (newest first: ``version``,
         ``created_at``, ``run_id``, ``training_set``, ``dag_id``, ``dag_run_id``, ``git_commit``,
-        ``reason``, ``verdict``, ``metric_value``, ``champion``), "moves" (newest first)}``.
+        ``reason``, ``verdict``, ``metric_value``, ``champion``), "ledger" (newest first),
+        "since" (the ledger record that made the champion, or None)}``.
     """
     from continuous_training.lineage import TAG_DAG_ID, TAG_GIT_COMMIT, TAG_TRAINING_SET
-    from continuous_training.model.history import champion_moves
+    from continuous_training.model.ledger import champion_since, read_ledger
     from continuous_training.modelstore import alias_version, client
 
     policy = load_policy(settings.config_dir)
@@ -390,13 +391,15 @@ def models(settings: Settings, lake: Lake) -> dict[str, Any]:
             }
         )
     versions.sort(key=lambda v: int(v["version"]), reverse=True)
+    entries = read_ledger(lake, name)
     return {
         "name": name,
         "metric": policy.gate.metric,
         "champion": None if champion_now is None else str(champion_now),
         "experiment_id": experiment.experiment_id if experiment else None,
         "versions": versions,
-        "moves": list(reversed(champion_moves(lake, name))),
+        "ledger": list(reversed(entries)),
+        "since": champion_since(entries, champion_now),
     }
 
 

@@ -18,7 +18,6 @@ from continuous_training.data.ingest import stage_raw_partition
 from continuous_training.data.partitions import publish_validated, quarantine_partition
 from continuous_training.data.validate import validate_partition
 from continuous_training.lake import Lake
-from continuous_training.model import history
 from continuous_training.monitoring.drift import compute_drift
 from continuous_training.ops.simulate import DRIFT_COLUMNS, SimulatorConfig, generate_day, land_day
 from continuous_training.ui import views
@@ -148,35 +147,6 @@ def test_the_charts_are_plotly_fragments_without_the_script(lake: Lake) -> None:
     assert DRIFT_COLUMNS[0] in html
     assert charts.scores_over_time([]) == ""
     assert "Plotly.newPlot" in charts.column_scores(views.drift_run(lake, "monitor__drift"))
-
-
-def test_champion_moves_are_recorded_once_and_say_since_when(tmp_path: Path) -> None:
-    lake = Lake(tmp_path / "lake")
-    by = {"dag_id": "train", "dag_run_id": "manual__1", "task_id": "deploy"}
-    first = history.record_move(
-        lake, "m", kind=history.PROMOTED, from_version=None, to_version="1", by=by, why="first model"
-    )
-    again = history.record_move(
-        lake, "m", kind=history.PROMOTED, from_version=None, to_version="1", by=by, why="retried task"
-    )
-    assert again == first  # a retried deploy records its move once, with the first time
-    later = datetime.now(UTC) + timedelta(seconds=1)
-    history.record_move(
-        lake,
-        "m",
-        kind=history.PROMOTED,
-        from_version="1",
-        to_version="2",
-        by={**by, "dag_run_id": "drift__x"},
-        why="drift",
-        at=later,
-    )
-    moves = history.champion_moves(lake, "m")
-    assert [(m["from_version"], m["to_version"]) for m in moves] == [(None, "1"), ("1", "2")]
-    assert history.champion_since(moves, "2")["dag_run_id"] == "drift__x"
-    assert history.champion_since(moves, "1") is None  # moved by hand after the last recorded move
-    with pytest.raises(ValueError, match="expected one of"):
-        history.record_move(lake, "m", kind="moved", from_version="1", to_version="2", by=by, why="")
 
 
 def test_the_overview_reads_only_the_newest_drift_summary(lake: Lake) -> None:
