@@ -154,7 +154,7 @@ def train() -> None:
         """Smoke-test the version, make it `champion` and wait until the endpoint serves it."""
         from continuous_training.adapter import steps
 
-        return steps.deploy(registered, steps.lineage(dag_run))
+        return steps.deploy(registered, steps.lineage(dag_run), dag_run)
 
     @task(execution_timeout=task_timeout("train", "notify_gate_blocked"))
     def notify_gate_blocked(evaluation: dict[str, Any], dag_run: Any = None) -> bool:

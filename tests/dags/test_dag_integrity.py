@@ -43,7 +43,17 @@ EXPECTED_GRAPH = {
         "retrain_due": {"trigger_train"},
         "trigger_train": set(),
     },
+    "rollback": {
+        "choose_version": {"check_version"},
+        "check_version": {"move_alias"},
+        "move_alias": {"notify_on_call"},
+        "notify_on_call": set(),
+    },
 }
+
+
+#: DAGs only a person triggers.
+MANUAL_ONLY = {"rollback"}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +76,8 @@ def test_one_dag_per_file_named_after_it(dagbag):
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED_GRAPH))
 def test_required_settings(dagbag, dag_id):
     dag = dagbag.dags[dag_id]
-    assert dag.schedule is not None, "every DAG is scheduled (time or Asset)"
+    # Every DAG is scheduled (time or Asset) but the rollback, which a person starts.
+    assert (dag.schedule is None) == (dag_id in MANUAL_ONLY), dag.schedule
     assert dag.start_date is not None
     assert dag.start_date.utcoffset().total_seconds() == 0
     assert dag.catchup is False
@@ -172,6 +183,21 @@ def test_every_trigger_form_submits_with_its_defaults(dagbag, dag_id):
         empty = param.value in (None, "", [], {})
         assert not empty or "null" in types, f"{dag_id}.{name}: empty default {param.value!r}, type {types}"
     params.validate()  # and the defaults are valid values
+
+
+def test_the_rollback_form_asks_for_a_reason_and_defaults_to_the_previous_champion(dagbag):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    params = copy.deepcopy(dagbag.dags["rollback"].params)
+    assert set(params.keys()) == {"version", "reason", "force"}
+    assert params["version"] is None  # the previous champion, from the ledger
+    assert "unless this is on" in params.get_param("force").description
+    with pytest.raises(ParamValidationError):
+        params.validate()  # the reason is required: the form's Trigger button stays off without it
+    params["reason"] = "v7 scores every applicant 0"
+    with pytest.raises(ParamValidationError):
+        params["version"] = 0
+    assert params.validate()["force"] is False
 
 
 def test_train_param_validation_refuses_bad_values(dagbag):

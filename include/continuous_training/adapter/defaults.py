@@ -61,6 +61,15 @@ TASK_TIMEOUTS: dict[str, timedelta] = {
     "train.deploy": 20 * _MIN,
     # Reads the verdict from MLflow and mails on-call.
     "train.notify_gate_blocked": 10 * _MIN,
+    # rollback
+    # Reads the alias, the ledger and the target's tags: a few MLflow calls.
+    "rollback.choose_version": 10 * _MIN,
+    # Verifies the signature (tags), downloads the reference sample and the model, smoke-tests it (as deploy).
+    "rollback.check_version": 15 * _MIN,
+    # Moves the alias and waits up to 120 s for every endpoint worker (as deploy).
+    "rollback.move_alias": 20 * _MIN,
+    # Reads the ledger record and mails on-call.
+    "rollback.notify_on_call": 10 * _MIN,
     # monitor
     # Snapshots the window's served rows and downloads the champion's reference sample (measured: 8-40 s).
     "monitor.collect_served": 15 * _MIN,
@@ -90,6 +99,9 @@ MLFLOW_TASKS = frozenset(
         "train.deploy",
         "train.notify_gate_blocked",
         "monitor.collect_served",
+        "rollback.choose_version",
+        "rollback.check_version",
+        "rollback.move_alias",
     }
 )
 

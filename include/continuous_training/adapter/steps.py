@@ -150,6 +150,17 @@ def lineage(dag_run: Any) -> dict[str, str]:
     }
 
 
+def actor(dag_run: Any, task_id: str, user: str | None = None) -> dict[str, str | None]:
+    """Who or what moves the champion, for the deployment ledger: the DAG run, the task and the person
+    (``user``, else whoever triggered the run; None for scheduled and asset-triggered runs)."""
+    return {
+        "dag_id": str(getattr(dag_run, "dag_id", "") or "") or None,
+        "dag_run_id": str(getattr(dag_run, "run_id", "") or "") or None,
+        "task_id": task_id,
+        "user": user or getattr(dag_run, "triggering_user_name", None) or None,
+    }
+
+
 def build_training_set(window_days: int | None, run_id: str) -> dict[str, Any]:
     """Snapshot the newest validated partitions, pinned to this DAG run; skip when there are none yet."""
     from continuous_training.model.training_set import snapshot_for_run
@@ -235,7 +246,7 @@ def register(run_id: str, lineage: dict[str, str]) -> dict[str, Any]:
     return register_passed(run_id, lineage)
 
 
-def deploy(registered: dict[str, Any], lineage: dict[str, str]) -> dict[str, Any]:
+def deploy(registered: dict[str, Any], lineage: dict[str, str], dag_run: Any = None) -> dict[str, Any]:
     """Verify and smoke-test the version and make it the champion; mail on-call if it was refused (its
     provenance, files or format: once per version, the endpoint's mail included) or the endpoint did
     not serve it."""
@@ -276,7 +287,7 @@ def deploy(registered: dict[str, Any], lineage: dict[str, str]) -> dict[str, Any
             name,
             version,
             endpoint_url=load_settings().endpoint_url,
-            moved_by={**lineage, "task_id": "deploy"},
+            moved_by={**actor(dag_run, "deploy", _approver(name, version)), **lineage},
         )
     except DeployRolledBack as exc:
         notify(
@@ -293,6 +304,22 @@ def deploy(registered: dict[str, Any], lineage: dict[str, str]) -> dict[str, Any
     return {**promoted, "smoke_test": smoke}
 
 
+def _approver(name: str, version: str) -> str | None:
+    """The person who approved the version (None when the policy approved it, or nobody was asked)."""
+    import json
+
+    from continuous_training.adapter.approval import POLICY_USER
+    from continuous_training.lineage import TAG_APPROVAL
+    from continuous_training.modelstore import client
+
+    raw = (client().get_model_version(name, version).tags or {}).get(TAG_APPROVAL)
+    decision = json.loads(raw) if raw else {}
+    by = decision.get("by")
+    return (
+        None if decision.get("decision") != "approved" or by == POLICY_USER["name"] else f"approved by {by}"
+    )
+
+
 def notify_gate_blocked(run_id: str, lineage: dict[str, str]) -> bool:
     """Mail on-call why the challenger was refused (once per MLflow run)."""
     from continuous_training.model.registry import recorded_verdict
@@ -307,6 +334,77 @@ def notify_gate_blocked(run_id: str, lineage: dict[str, str]) -> bool:
             mlflow_url=links.mlflow_run_url(load_settings().mlflow_tracking_uri, experiment_id, run_id),
             run_url=_run_url(lineage["dag_id"], lineage["dag_run_id"]),
             page_url=_page_url("evaluation", run_id),
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------------- rollback
+
+
+def rollback_choose(params: dict[str, Any]) -> dict[str, Any]:
+    """The version the rollback returns to (the form's, else the previous champion), refused if it
+    failed a live check and *force* is off; the run is skipped if it is the champion already."""
+    from continuous_training.model.rollback import choose_target
+
+    chosen = choose_target(
+        _lake(), load_policy().model.name, params.get("version"), force=bool(params.get("force"))
+    )
+    if chosen["noop"]:
+        raise AirflowSkipException(
+            f"{chosen['name']} v{chosen['version']} is the champion already: nothing to do"
+        )
+    if chosen["forced"]:
+        log.warning(
+            "Forced: returning to v%s although %s", chosen["version"], "; ".join(chosen["failed_checks"])
+        )
+    return chosen
+
+
+def rollback_check(chosen: dict[str, Any]) -> dict[str, Any]:
+    """Verify the target's signed provenance and files, and smoke-test it."""
+    from continuous_training.model.rollback import check_target
+
+    checked = check_target(chosen["name"], chosen["version"])
+    log.info("v%s verified and smoke-tested: %s", chosen["version"], checked["smoke_test"])
+    return {**chosen, "smoke_test": checked["smoke_test"]}
+
+
+def rollback_move(checked: dict[str, Any], reason: str, dag_run: Any) -> dict[str, Any]:
+    """Move the alias to the target, wait until every endpoint worker serves it, record the ledger entry."""
+    from continuous_training.model import ledger
+    from continuous_training.model.deploy import move_champion
+
+    by = actor(dag_run, "move_alias")
+    why = reason
+    if checked.get("forced"):
+        why = f"{reason} (forced although {'; '.join(checked['failed_checks'])})"
+    return move_champion(
+        checked["name"],
+        checked["version"],
+        kind=ledger.ROLLBACK,
+        actor=by,
+        reason=why,
+        endpoint_url=load_settings().endpoint_url,
+        detail={"forced": bool(checked.get("forced")), "smoke_test": checked["smoke_test"]},
+    )
+
+
+def notify_rollback(moved: dict[str, Any], dag_run: Any) -> bool:
+    """Mail on-call the rollback's ledger record (once per move)."""
+    return _mail_move(moved["name"], moved["ledger"], dag_run)
+
+
+def _mail_move(name: str, key: str, dag_run: Any) -> bool:
+    from continuous_training.model.ledger import read_ledger
+
+    entry = next(e for e in read_ledger(_lake(), name) if e["key"] == key)
+    dag_id, run_id = getattr(dag_run, "dag_id", None), getattr(dag_run, "run_id", None)
+    return notify(
+        mail.rollback_mail(
+            name=name,
+            entry=entry,
+            run_url=_run_url(dag_id, run_id) if dag_id and run_id else None,
+            page_url=_page_url("models"),
         )
     )
 

@@ -302,3 +302,53 @@ def approval_rejected_mail(*, name: str, version: str, decision: Mapping[str, An
         html=body,
         details=dict(decision),
     )
+
+
+def rollback_mail(
+    *,
+    name: str,
+    entry: Mapping[str, Any],
+    run_url: str | None,
+    page_url: str,
+) -> Mail:
+    """The champion was returned to an earlier version, by a person or by the watcher.
+
+    Args:
+        name: registered model name.
+        entry: the move's ledger record (kind, from, to, reason, actor, outcome, detail).
+        run_url: the DAG run that moved it.
+        page_url: the Models page (versions and the deployment ledger).
+    """
+    automatic = entry["kind"] == "auto_rollback"
+    frm, to = entry.get("from_version"), entry.get("to_version")
+    actor = entry.get("actor") or {}
+    who = "the watcher" if automatic else (actor.get("user") or actor.get("dag_run_id") or "someone")
+    breaches = (entry.get("detail") or {}).get("breaches") or []
+    figures = (entry.get("detail") or {}).get("figures") or {}
+    body = (
+        f"<h2>{html.escape(name)}: champion {'rolled back automatically' if automatic else 'rolled back'}"
+        f" from v{html.escape(str(frm))} to v{html.escape(str(to))}</h2>"
+        f"<p>{html.escape(entry.get('reason') or '')}</p>"
+        + ("<ul>" + "".join(f"<li>{html.escape(b)}</li>" for b in breaches) + "</ul>" if breaches else "")
+        + render_table(
+            [
+                ("By", who),
+                ("Outcome", f"{entry.get('outcome')}: every endpoint worker serves v{to}"),
+                *((f"{k}", v) for k, v in sorted(figures.items())),
+                ("Ledger record", entry.get("key")),
+                ("Models and ledger", Link(page_url)),
+                *((("DAG run", Link(run_url)),) if run_url else ()),
+            ]
+        )
+    )
+    if automatic:
+        body += (
+            f"<p>v{html.escape(str(frm))} stays registered; the rollback DAG can return to it with Force "
+            "(it failed a live check).</p>"
+        )
+    return Mail(
+        event_key=f"rollback/{name}/{entry['key']}",
+        subject=f"{'Auto-rollback' if automatic else 'Rollback'}: {name} v{frm} -> v{to} ({who})",
+        html=body,
+        details={"ledger": entry.get("key"), "kind": entry["kind"], "from": frm, "to": to},
+    )

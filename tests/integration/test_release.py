@@ -1,0 +1,284 @@
+"""Safe releases against the real parts: the rollback DAG (``dag.test()``), the ledger, the endpoint.
+
+The module works on a registered model of its own (``release_test``), a lake of its own and an endpoint
+of its own (uvicorn with the stack's worker count, on a free port, serving this model's ``champion``),
+so that nothing here changes what the loop's DAG tests assert on. Three versions are trained on
+simulated days with the project's pipeline, gated, registered and signed as the train DAG does it;
+v1 then v2 are deployed through the deploy step against the endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import mlflow
+import pytest
+from services import (
+    BIN,
+    free_port,
+    publish_simulated_days,
+    start_process,
+    stop_process,
+    wait_until,
+)
+
+from continuous_training.config import load_policy
+from continuous_training.lake import Lake
+from continuous_training.model import ledger
+from continuous_training.ops.mailsink import read_mail
+from continuous_training.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "release_test"
+DAYS = [(date(2026, 5, 1) + timedelta(days=i)).isoformat() for i in range(6)]
+
+
+def _lineage(run: str) -> dict[str, str]:
+    return {"dag_id": "train", "dag_run_id": run, "git_commit": "abc1234"}
+
+
+def _train_and_register(lake: Lake, run: str, max_iter: int) -> dict[str, Any]:
+    """One challenger as the train DAG makes it: trained, evaluated, gated, registered and signed."""
+    from continuous_training.adapter import steps
+    from continuous_training.model.training_set import build_training_set, select_training_days
+
+    training_set = build_training_set(lake, select_training_days(lake, 28))
+    policy = load_policy()
+    import dataclasses
+
+    from continuous_training.model.train import train_challenger
+
+    policy = dataclasses.replace(
+        policy,
+        model=dataclasses.replace(policy.model, params={**policy.model.params, "max_iter": max_iter}),
+        training=dataclasses.replace(policy.training, reference_sample_rows=500),
+    )
+    trained = train_challenger(
+        training_set, reason=f"release test {run}", lineage=_lineage(run), policy=policy
+    )
+    evaluation = steps.evaluate(trained["run_id"])
+    assert steps.gate(evaluation, force=True)["passed"]
+    return steps.register(trained["run_id"], _lineage(run))
+
+
+def _dag_run(dag_id: str, run_id: str, user: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(dag_id=dag_id, run_id=run_id, triggering_user_name=user)
+
+
+@pytest.fixture(scope="module")
+def release(mlflow_server, smtp_sink, airflow_db, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """This module's model, lake and endpoint, with v1 and v2 deployed (v2 the champion) and v3 registered."""
+    home = tmp_path_factory.mktemp("release")
+    lake_root = home / "lake"
+    port = free_port()
+    env = {
+        "CT_MODEL_NAME": MODEL,
+        "CT_LAKE": str(lake_root),
+        "CT_ENDPOINT_PORT": str(port),
+        "CT_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        settings = load_settings()
+        lake = Lake(lake_root)
+        publish_simulated_days(lake, DAYS, seed=23)
+        client = mlflow.MlflowClient(mlflow_server)
+        if not client.search_registered_models(f"name = '{MODEL}'"):
+            client.create_registered_model(MODEL)  # as the stack provisions its model
+        proc = start_process(
+            "endpoint-release",
+            [
+                str(BIN / "uvicorn"),
+                "continuous_training.serving.app:create_app",
+                "--factory",
+                "--host",
+                settings.host,
+                "--port",
+                str(port),
+                "--workers",
+                str(settings.endpoint_workers),
+            ],
+            f"{settings.endpoint_url}/health",
+        )
+        try:
+            from continuous_training.adapter import steps
+
+            registered = {}
+            for n, max_iter in ((1, 40), (2, 60), (3, 80)):
+                run = f"release__{n}"
+                # Each one gated against the champion of its time, as successive train runs are.
+                registered[n] = _train_and_register(lake, run, max_iter)
+                assert registered[n]["version"] == str(n)
+                if n < 3:
+                    steps.deploy(registered[n], _lineage(run), _dag_run("train", run, user=None))
+            yield {
+                "client": client,
+                "lake": lake,
+                "url": settings.endpoint_url,
+                "mail": smtp_sink,
+                "registered": registered,
+                "env": env,
+            }
+        finally:
+            stop_process(proc)
+
+
+def run_rollback(conf: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO / "dags" / "rollback.py")).dags["rollback"]
+    dag_run = dag.test(run_conf=conf)
+    states = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dag_run.get_task_instances()}
+    return str(getattr(dag_run.state, "value", dag_run.state)), states | {"__run_id__": dag_run.run_id}
+
+
+@pytest.fixture(autouse=True)
+def _release_env(request, monkeypatch):
+    """Each test runs with the module's model, lake and endpoint (the fixture's environment)."""
+    if "release" in request.fixturenames:
+        for key, value in request.getfixturevalue("release")["env"].items():
+            monkeypatch.setenv(key, value)
+
+
+def champion(release) -> str:
+    return release["client"].get_model_version_by_alias(MODEL, "champion").version
+
+
+def served_versions(url: str, asks: int = 12) -> set[str]:
+    """What the endpoint's workers serve (fresh connections, so each worker gets asked)."""
+    seen = set()
+    for _ in range(asks):
+        with httpx.Client(timeout=5) as http:
+            seen.add(http.get(f"{url}/health").json()["model_version"])
+    return seen
+
+
+def entries() -> list[dict[str, Any]]:
+    return ledger.read_ledger(Lake.from_settings(), MODEL)
+
+
+def test_deploys_are_in_the_ledger_with_their_gate_and_outcome(release):
+    deploys = [e for e in entries() if e["kind"] == "deploy"]
+    assert [(e["from_version"], e["to_version"], e["outcome"]) for e in deploys][:2] == [
+        (None, "1", "confirmed"),
+        ("1", "2", "confirmed"),
+    ]
+    second = deploys[1]
+    assert second["actor"]["dag_run_id"] == "release__2"
+    assert second["actor"]["task_id"] == "deploy"
+    assert second["gate"]["verdict"]["passed"] is True
+    assert second["gate"]["verdict"]["metric"] == "roc_auc"
+    assert second["detail"]["served_after_s"] >= 0
+    assert second["reason"] == "release test release__2"
+
+
+def test_the_rollback_dag_returns_to_the_previous_champion(release):
+    assert champion(release) == "2"
+    state, tasks = run_rollback({"reason": "v2 answers too slowly for the partner API"})
+    assert state == "success", tasks
+    assert champion(release) == "1"
+    assert served_versions(release["url"]) == {"1"}
+    (entry,) = [e for e in entries() if e["kind"] == "rollback"]
+    assert (entry["from_version"], entry["to_version"], entry["outcome"]) == ("2", "1", "confirmed")
+    assert entry["actor"] == {
+        "dag_id": "rollback",
+        "dag_run_id": tasks["__run_id__"],
+        "task_id": "move_alias",
+        "user": "dag_test",  # dag.test()'s triggering user; the UI's logged-in user in a real run
+    }
+    assert entry["reason"] == "v2 answers too slowly for the partner API"
+    assert entry["detail"]["smoke_test"]["rows"] > 0
+    (mail,) = [
+        m for m in read_mail(release["mail"]) if m["Subject"].startswith("[ct] Rollback: release_test")
+    ]
+    assert "v2 -&gt; v1" in mail["Subject"] or "v2 -> v1" in mail["Subject"]
+    text = mail.get_body(preferencelist=("html",)).get_content()
+    assert entry["key"] in text
+    assert "/ct/models" in text
+
+    # Cleared move and notify tasks: the alias stays, no second record, no second mail.
+    from continuous_training.adapter import steps
+
+    checked = {
+        "name": MODEL,
+        "version": "1",
+        "from_version": "2",
+        "forced": False,
+        "failed_checks": [],
+        "smoke_test": entry["detail"]["smoke_test"],
+    }
+    again = steps.rollback_move(checked, "cleared", _dag_run("rollback", tasks["__run_id__"], "dag_test"))
+    assert again["ledger"] == entry["key"]
+    assert again["changed"] is False
+    assert steps.notify_rollback(again, _dag_run("rollback", tasks["__run_id__"])) is False
+    assert len([e for e in entries() if e["kind"] == "rollback"]) == 1
+    assert (
+        len([m for m in read_mail(release["mail"]) if m["Subject"].startswith("[ct] Rollback: release_test")])
+        == 1
+    )
+
+
+def test_a_version_that_failed_a_live_check_needs_force(release):
+    from continuous_training.lineage import TAG_SHADOW_VERDICT
+    from continuous_training.model.rollback import RollbackRefused, choose_target
+
+    verdict = {"passed": False, "reasons": ["agreement 0.42 below 0.9"], "rows": 1200}
+    release["client"].set_model_version_tag(MODEL, "3", TAG_SHADOW_VERDICT, json.dumps(verdict))
+    before = champion(release)
+    with pytest.raises(
+        RollbackRefused, match=r"v3 did not pass every gate: its shadow verdict failed: agreement"
+    ):
+        choose_target(release["lake"], MODEL, 3)
+    state, tasks = run_rollback({"reason": "try v3", "version": 3})
+    assert state == "failed"
+    assert tasks["choose_version"] == "failed"
+    assert tasks["move_alias"] == "upstream_failed"
+    assert champion(release) == before
+
+    state, tasks = run_rollback(
+        {"reason": "v3 is the only one that handles the new product", "version": 3, "force": True}
+    )
+    assert state == "success", tasks
+    assert champion(release) == "3"
+    forced = [e for e in entries() if e["kind"] == "rollback" and e["to_version"] == "3"]
+    assert len(forced) == 1
+    assert forced[0]["detail"]["forced"] is True
+    assert "forced although its shadow verdict failed" in forced[0]["reason"]
+
+
+def test_an_unsigned_version_is_refused_even_with_force(release, tmp_path):
+    client = release["client"]
+    source = client.get_model_version(MODEL, "1")
+    # The same files as v1, registered by hand: no signed provenance of the pipeline.
+    folder = mlflow.artifacts.download_artifacts(
+        client.get_model_version_download_uri(MODEL, source.version), dst_path=str(tmp_path)
+    )
+    run = client.create_run(client.get_run(source.run_id).info.experiment_id)
+    client.log_artifacts(run.info.run_id, folder, "model")
+    client.set_terminated(run.info.run_id)
+    unsigned = client.create_model_version(
+        MODEL, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+    )
+    wait_until(
+        lambda: client.get_model_version(MODEL, unsigned.version).status == "READY",
+        30,
+        "the hand-made version to be ready",
+    )
+    before = champion(release)
+    state, tasks = run_rollback(
+        {"reason": "hand-made version", "version": int(unsigned.version), "force": True}
+    )
+    assert state == "failed"
+    assert tasks["choose_version"] == "success"
+    assert tasks["check_version"] == "failed"
+    assert champion(release) == before
+    assert not [e for e in entries() if e["to_version"] == unsigned.version]
