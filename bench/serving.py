@@ -10,6 +10,13 @@ server at a time. A 100-row body posted to both gives the predictions compared. 
 is ``predict_proba`` of the same version, loaded with the project's loader, on frames built as the
 endpoint builds them, in a child process with ``OMP_NUM_THREADS=1`` as the endpoint runs.
 
+Shadow scoring at 100%: the same endpoint, 1-row body, first with no distinct challenger (the
+``challenger`` alias on the champion's version, as after a deploy: nothing is shadow-scored), then with
+the alias on a second version and ``release.shadow_share`` 1.0 (every request also scored by the
+challenger, off the request path). The second version is the champion's own model registered again and
+signed (scoring costs the same as a retrained one of the same size; the loop benchmark trains real
+ones). The anchor of these figures is the endpoint without a challenger, measured just before.
+
 ``python -m bench.serving floor ...`` is that child (it prints one JSON line).
 """
 
@@ -65,6 +72,11 @@ MLFLOW_SERVE_TIMEOUT_S = 240.0
 ENDPOINT_TIMEOUT_S = 120.0
 #: Largest |our score - MLflow's score| accepted as "identical predictions".
 MAX_DIFF = 1e-12
+#: Goals of shadow scoring at 100%, against the same endpoint without a challenger.
+SHADOW_MIN_THROUGHPUT_RATIO = 0.85
+SHADOW_MAX_P99_RATIO = 1.2
+#: How long the workers may take to load the challenger after its alias moved.
+SHADOW_LOAD_TIMEOUT_S = 120.0
 
 
 # ------------------------------------------------------------------------------------------ tools
@@ -401,6 +413,205 @@ def measure_floor(ctx: BenchContext, model: dict[str, Any], bodies: dict[int, Pa
     return result.json()
 
 
+# ---------------------------------------------------------------------------------- shadow scoring
+
+
+def _health_by_pid(url: str, seconds: float = 3.0) -> dict[int, dict[str, Any]]:
+    """The latest ``/health`` of each worker seen in ``seconds`` (each call opens a new connection, so
+    the kernel spreads them over the workers)."""
+    seen: dict[int, dict[str, Any]] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            status, body = http(f"{url}/health", timeout=5.0)
+            if status == 200:
+                health = json.loads(body)
+                seen[int(health["pid"])] = health
+        if len(seen) >= WORKERS and time.monotonic() > deadline - seconds / 2:
+            break
+        time.sleep(0.05)
+    return seen
+
+
+def pin_challenger(model: dict[str, Any], version: str | None) -> str | None:
+    """Point the ``challenger`` alias at ``version`` (None: remove it); the version it named before."""
+    from continuous_training.lineage import CHALLENGER
+    from continuous_training.modelstore import alias_version, client
+
+    mlflow_client = client()
+    previous = alias_version(mlflow_client, model["model_name"], CHALLENGER)
+    if version is None:
+        if previous is not None:
+            mlflow_client.delete_registered_model_alias(model["model_name"], CHALLENGER)
+    elif previous != version:
+        mlflow_client.set_registered_model_alias(model["model_name"], CHALLENGER, version)
+    return previous
+
+
+def register_shadow_challenger(model: dict[str, Any]) -> str:
+    """Register the champion's model again as a new version and sign it (with the champion's verdict)."""
+    import mlflow
+
+    from continuous_training.lineage import TAG_GATE_VERDICT
+    from continuous_training.model.registry import sign_version
+    from continuous_training.modelstore import client
+
+    mlflow_client = client()
+    champion = mlflow_client.get_model_version(model["model_name"], model["version"])
+    # register_model resolves the logged model (``models:/m-<id>``) the champion was registered from.
+    created = mlflow.register_model(
+        champion.source, model["model_name"], tags={"ct.bench": "shadow challenger"}
+    )
+    version = str(created.version)
+    wait_until(
+        lambda: mlflow_client.get_model_version(model["model_name"], version).status == "READY",
+        f"{model['model_name']} v{version} to be ready",
+        60,
+    )
+    raw = (champion.tags or {}).get(TAG_GATE_VERDICT)
+    verdict = json.loads(raw) if raw else {"passed": True, "metric": "roc_auc", "forced": False}
+    sign_version(model["model_name"], version, verdict=verdict)
+    return version
+
+
+def wait_shadow(url: str, version: str | None, timeout: float) -> dict[int, dict[str, Any]]:
+    """Wait until every worker holds ``version`` as challenger (None: shadow off in every worker).
+
+    Raises:
+        RuntimeError: not reached within ``timeout`` (the last answers included).
+    """
+    last: dict[int, dict[str, Any]] = {}
+
+    def ready() -> bool:
+        nonlocal last
+        last = _health_by_pid(url)
+        if len(last) < WORKERS:
+            return False
+        if version is None:
+            return all(not h["shadow"]["active"] for h in last.values())
+        return all(h["challenger_version"] == version and h["shadow"]["active"] for h in last.values())
+
+    try:
+        wait_until(ready, f"every worker's challenger to be {version}", timeout)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; last /health answers: {last}") from exc
+    return last
+
+
+def full_shadow_config(ctx: BenchContext) -> Path | None:
+    """A copy of the config folder with ``release.shadow_share: 1.0``, if the one in use has another
+    share (None when it already is 1.0): the bench never edits the shipped config."""
+    import yaml
+
+    from continuous_training.config import load_policy
+    from continuous_training.settings import load_settings
+
+    if load_policy().release.shadow_share == 1.0:
+        return None
+    source = load_settings().config_dir
+    folder = ctx.workdir / "serving" / "config"
+    shutil.copytree(source, folder, dirs_exist_ok=True)
+    policy = yaml.safe_load((folder / "policy.yaml").read_text())
+    policy["release"] = {**(policy.get("release") or {}), "shadow_share": 1.0}
+    (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    return folder
+
+
+def _warm_and_measure(wrk: str, url: str, body: Path, warm: int, measure: int) -> dict[str, Any]:
+    warmed = run_wrk(wrk, f"{url}/predict", body, warm)
+    result = run_wrk(wrk, f"{url}/predict", body, measure)
+    result["warmup"] = {k: warmed[k] for k in ("requests", "errors", "req_per_s")}
+    return result
+
+
+def measure_shadow(
+    ctx: BenchContext, wrk: str, url: str, model: dict[str, Any], body: Path
+) -> dict[str, Any]:
+    """1-row load without a distinct challenger, then with one and shadow scoring at 100%."""
+    warm, measure = QUICK_SECONDS if ctx.quick else FULL_SECONDS
+    wait_shadow(url, None, SHADOW_LOAD_TIMEOUT_S)
+    without = _warm_and_measure(wrk, url, body, warm, measure)
+    before = _health_by_pid(url)
+    version = register_shadow_challenger(model)
+    started = time.monotonic()
+    pin_challenger(model, version)
+    try:
+        wait_shadow(url, version, SHADOW_LOAD_TIMEOUT_S)
+        load_s = time.monotonic() - started
+        ctx.log(f"every worker shadow-scores with v{version} {load_s:.1f} s after the alias moved")
+        with_shadow = _warm_and_measure(wrk, url, body, warm, measure)
+        # The shadow thread lingers before each batch: give it time to log the last requests.
+        time.sleep(1.0)
+        after = _health_by_pid(url)
+    finally:
+        pin_challenger(model, model["version"])
+    for who, result in (("no challenger", without), ("shadow 100%", with_shadow)):
+        ctx.log(
+            f"our endpoint, {who}, 1-row body: {result['req_per_s']:.0f} req/s, "
+            f"p50 {_ms(result, 'p50'):.1f} ms, p99 {_ms(result, 'p99'):.1f} ms, {result['errors_total']} errors"
+        )
+    counters = {
+        name: sum(h["shadow"][name] for h in after.values())
+        - sum(h["shadow"][name] for pid, h in before.items() if pid in after)
+        for name in ("scored_rows", "dropped_rows", "failed_rows")
+    }
+    ctx.log(f"shadow counters over the run (all workers): {counters}")
+    return {
+        "without": without,
+        "with": with_shadow,
+        "challenger_version": version,
+        "load_s": round(load_s, 1),
+        "counters": counters,
+        "health": after,
+    }
+
+
+def shadow_figures(shadow: dict[str, Any]) -> list[Figure]:
+    """Throughput and p99 with shadow scoring at 100% against the same endpoint without a challenger."""
+    if "error" in shadow:
+        return [Figure(BENCH, "shadow scoring at 100%: failed", "", None, note=shadow["error"][:300])]
+    without, with_shadow = shadow["without"], shadow["with"]
+    counters = shadow["counters"]
+    detail = {
+        "without": _wrk_detail(without),
+        "with": _wrk_detail(with_shadow),
+        **{k: shadow[k] for k in ("challenger_version", "load_s", "counters")},
+    }
+    return [
+        Figure(
+            BENCH,
+            "shadow scoring at 100%, 1-row body",
+            "req/s",
+            with_shadow["req_per_s"],
+            without["req_per_s"],
+            f">= {SHADOW_MIN_THROUGHPUT_RATIO:g}x without",
+            at_least(with_shadow["req_per_s"], SHADOW_MIN_THROUGHPUT_RATIO * without["req_per_s"]),
+            note="anchor: the same endpoint without a distinct challenger, measured just before; "
+            f"{counters['scored_rows']} rows shadow-scored, {counters['dropped_rows']} dropped, "
+            f"{counters['failed_rows']} failed",
+            detail=detail,
+        ),
+        Figure(
+            BENCH,
+            "shadow scoring at 100%, p99, 1-row body",
+            "ms",
+            _ms(with_shadow, "p99"),
+            _ms(without, "p99"),
+            f"<= {SHADOW_MAX_P99_RATIO:g}x without",
+            at_most(_ms(with_shadow, "p99"), SHADOW_MAX_P99_RATIO * _ms(without, "p99")),
+        ),
+        Figure(
+            BENCH,
+            "shadow scoring at 100%, errors",
+            "count",
+            with_shadow["errors_total"],
+            without["errors_total"],
+            "0",
+            with_shadow["errors_total"] == 0,
+        ),
+    ]
+
+
 # -------------------------------------------------------------------------------------------- run
 
 
@@ -537,6 +748,15 @@ def run(ctx: BenchContext) -> list[Figure]:
         workers=WORKERS,
     )
     hundred = bodies[max(BODY_ROWS)].read_bytes()
+    # Nothing is shadow-scored while the main figures are taken: the challenger alias names the
+    # champion (a loop run may have left another version there; it is put back at the end).
+    left_challenger = pin_challenger(model, model["version"])
+    # The endpoint reads CT_CONFIG_DIR when it starts: shadow scoring at 100% for the shadow figures.
+    shadow_config = full_shadow_config(ctx)
+    saved_config = os.environ.get("CT_CONFIG_DIR")
+    if shadow_config is not None:
+        ctx.log(f"release.shadow_share is not 1.0: the endpoint reads the config copy {shadow_config}")
+        os.environ["CT_CONFIG_DIR"] = str(shadow_config)
 
     port = free_port()
     anchor_url = f"http://127.0.0.1:{port}"
@@ -566,8 +786,19 @@ def run(ctx: BenchContext) -> list[Figure]:
         finally:
             stop_group(proc)
         ours = load_server(ctx, wrk, f"{url}/predict", bodies, "our endpoint")
+        try:
+            shadow = measure_shadow(ctx, wrk, url, model, bodies[1])
+        except Exception as exc:  # the other serving figures stand without these
+            log.exception("shadow scoring benchmark failed")
+            shadow = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         stop_endpoint()
+        pin_challenger(model, left_challenger)
+        if shadow_config is not None:
+            if saved_config is None:
+                os.environ.pop("CT_CONFIG_DIR", None)
+            else:
+                os.environ["CT_CONFIG_DIR"] = saved_config
 
     if len(our_scores) != len(anchor_scores):
         raise RuntimeError(f"{len(our_scores)} scores from our endpoint, {len(anchor_scores)} from MLflow's")
@@ -579,7 +810,7 @@ def run(ctx: BenchContext) -> list[Figure]:
         "in-process predict_proba: "
         + ", ".join(f"{r} row(s) {floor[str(r)]['predict_proba_ms']:.2f} ms" for r in BODY_ROWS)
     )
-    return figures_from(ours, anchor, diff, floor, setup)
+    return figures_from(ours, anchor, diff, floor, setup) + shadow_figures(shadow)
 
 
 if __name__ == "__main__":

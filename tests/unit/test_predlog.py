@@ -173,3 +173,111 @@ def test_prediction_log_refuses_columns_of_unequal_length(
     with pytest.raises(ValueError, match="unequal lengths"):
         plog.append(columns, [0.1, 0.2, 0.3], request_id="x", model_name="m", model_version="1")
     assert plog.buffered_rows == 0
+
+
+def test_release_columns_round_trip_and_error_rows_are_left_out_by_default(
+    tmp_path: Path, synthetic_rows
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    plog = PredictionLog(lake, flush_seconds=60, max_rows=1000, contract=CONTRACT)
+    served = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    common = {"model_name": "m", "model_version": "1", "served_at": served}
+    plog.append(
+        _log_frame(synthetic_rows, 2, seed=1), [0.1, 0.2], request_id="plain", latency_ms=3.5, **common
+    )
+    plog.append(
+        _log_frame(synthetic_rows, 3, seed=2),
+        [0.3, 0.4, 0.5],
+        request_id="shadow",
+        latency_ms=4.0,
+        challenger_version="2",
+        challenger_scores=[0.6, np.nan, 0.8],
+        challenger_error=[None, "ValueError: non-finite score", None],
+        **common,
+    )
+    plog.append(
+        _log_frame(synthetic_rows, 2, seed=3),
+        [0.1, 0.9],
+        request_id="challenger-failed",
+        challenger_version="2",
+        challenger_error="RuntimeError: the challenger's scorer raised",
+        **common,
+    )
+    plog.append(
+        _log_frame(synthetic_rows, 2, seed=4),
+        np.full(2, np.nan),
+        request_id="failed",
+        latency_ms=1.0,
+        error="ValueError",
+        **common,
+    )
+    assert plog.flush() == 9
+    window = (served - timedelta(hours=1), served + timedelta(hours=1))
+
+    served_rows = read_predictions(lake, *window, contract=CONTRACT)
+    assert served_rows["request_id"].unique().tolist() == ["plain", "shadow", "challenger-failed"]
+    assert served_rows["error"].isna().all()
+    by_request = served_rows.groupby("request_id", sort=False)
+    assert by_request["latency_ms"].first().fillna(-1).to_dict() == {
+        "plain": 3.5,
+        "shadow": 4.0,
+        "challenger-failed": -1,
+    }
+    assert served_rows["challenger_version"].tolist() == [None, None, "2", "2", "2", "2", "2"]
+    # Null challenger scores read back as NaN in the float64 column.
+    np.testing.assert_array_equal(
+        served_rows["challenger_score"].to_numpy(), [np.nan, np.nan, 0.6, np.nan, 0.8, np.nan, np.nan]
+    )
+    assert served_rows["challenger_error"].tolist() == [
+        None,
+        None,
+        None,
+        "ValueError: non-finite score",
+        None,
+        "RuntimeError: the challenger's scorer raised",
+        "RuntimeError: the challenger's scorer raised",
+    ]
+
+    everything = read_predictions(lake, *window, contract=CONTRACT, include_errors=True)
+    assert len(everything) == 9
+    failed = everything[everything["request_id"] == "failed"]
+    assert (failed["error"] == "ValueError").all()
+    assert failed["score"].isna().all()
+    assert len(read_predictions(lake, *window, model_version="1", contract=CONTRACT)) == 7
+
+
+def test_files_written_before_the_release_columns_read_back_with_them_null(
+    tmp_path: Path, synthetic_rows
+) -> None:
+    import pyarrow.parquet as pq
+
+    from continuous_training.predlog import ADDED_COLUMNS
+
+    lake = Lake(tmp_path / "lake")
+    plog = PredictionLog(lake, flush_seconds=60, max_rows=1000, contract=CONTRACT)
+    served = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    plog.append(
+        _log_frame(synthetic_rows, 3, seed=1),
+        [0.1, 0.2, 0.3],
+        request_id="old",
+        model_name="m",
+        model_version="1",
+        served_at=served,
+        latency_ms=2.0,
+        challenger_version="2",
+        challenger_scores=[0.4, 0.5, 0.6],
+    )
+    plog.flush()
+    (written,) = lake.predictions("2026-03-01").glob("part-*.parquet")
+    # The file as the first endpoint wrote it: none of the columns added since.
+    table = pq.read_table(written).drop_columns(list(ADDED_COLUMNS))
+    pq.write_table(table, written)
+
+    got = read_predictions(lake, served - timedelta(hours=1), served + timedelta(hours=1), contract=CONTRACT)
+    assert list(got.columns) == prediction_schema(CONTRACT).names
+    assert len(got) == 3
+    for name in ADDED_COLUMNS:
+        assert got[name].isna().all(), name
+    assert got["score"].tolist() == [0.1, 0.2, 0.3]
+    assert got.dtypes["challenger_score"] == np.float64
+    assert got.dtypes["latency_ms"] == np.float64

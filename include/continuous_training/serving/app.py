@@ -2,7 +2,14 @@
 
 Start it with ``uvicorn continuous_training.serving.app:create_app --factory --workers 2``. Each
 worker process holds its own model (:class:`~continuous_training.serving.holder.ModelHolder`, which
-polls the registry alias) and logs its predictions to the lake (:mod:`continuous_training.predlog`).
+polls the registry alias) and logs its predictions to the lake (:mod:`continuous_training.predlog`),
+with each request's server-side latency (``latency_ms``: handler start to the champion's scores).
+
+Shadow scoring (``release.shadow_share`` of ``policy.yaml``, 0 turns it off): while the ``challenger``
+alias names another version than the champion, a second holder keeps it loaded and that share of the
+``/predict`` requests is also scored with it, after the client got its answer, in batches on a thread
+of its own (:mod:`~continuous_training.serving.shadow`); both scores go to the prediction log. The
+challenger never changes an answer, and a request never waits for it.
 
 The endpoint stands on the ground floor only (settings, contract, lineage, the model store, the
 prediction log): it imports no data, model or monitoring stage. Bodies are parsed with orjson into
@@ -17,9 +24,15 @@ spin-waits otherwise collapse throughput. ``make bench`` measures all of this ag
 
 Endpoints:
     ``POST /predict``: score rows (three body formats, see
-    :meth:`~continuous_training.serving.request.RequestParser.parse`).
-    ``GET /health``: which model version this worker serves (open).
-    ``POST /reload``: check the alias now (``Authorization: Bearer <admin_token>``).
+    :meth:`~continuous_training.serving.request.RequestParser.parse`). Every answer of a model names
+    it: the body's ``model_name`` and ``model_version`` and the headers ``X-Model-Name`` and
+    ``X-Model-Version`` (the version that scored the request; on the 500 "prediction failed" answer,
+    the version that failed to).
+    ``GET /health``: which model version this worker serves, ``challenger_version`` (the challenger it
+    holds for shadow scoring, or null) and ``shadow``: ``{share, active, scored_rows, dropped_rows,
+    failed_rows, pending_rows, last_error}`` (this worker's counters; ``last_error`` is the
+    challenger's load or refusal error, which leaves the champion unaffected). Open.
+    ``POST /reload``: check the aliases now (``Authorization: Bearer <admin_token>``).
 
 The endpoint defends itself (limits and checks of ``policy.yaml``'s ``serving:`` section, read once in
 :func:`create_app`, with the tokens of :func:`continuous_training.credentials.endpoint_tokens`). A
@@ -43,7 +56,9 @@ and ``expected`` (plus ``row``/``column`` where one is at fault) and the ``X-Req
 
 No answer carries the client's input (values, unknown column names, headers) or an exception's text:
 a failure is a fixed message with the request id, the details go to the log. Starlette's own 404/405
-and FastAPI's validation errors are answered the same way.
+and FastAPI's validation errors are answered the same way. When the champion fails on a parsed body
+(500), the request's rows are logged with a NaN score and ``error`` set to the exception class, so
+error rates per version can be read from the prediction log.
 """
 
 from __future__ import annotations
@@ -51,6 +66,7 @@ from __future__ import annotations
 import gc
 import hmac
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
@@ -58,6 +74,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -69,16 +86,20 @@ from starlette.requests import ClientDisconnect
 from continuous_training.config import load_contract, load_policy
 from continuous_training.credentials import endpoint_tokens
 from continuous_training.lake import Lake
-from continuous_training.lineage import CHAMPION
+from continuous_training.lineage import CHALLENGER, CHAMPION
 from continuous_training.predlog import PredictionLog
 from continuous_training.serving.holder import STARTUP_WAIT_SECONDS, ModelHolder, ServedModel
-from continuous_training.serving.request import RequestError, RequestParser
+from continuous_training.serving.request import ParsedRequest, RequestError, RequestParser
 from continuous_training.serving.scorer import COMPILED
+from continuous_training.serving.shadow import MAX_PENDING_ROWS, ShadowScorer
 from continuous_training.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+#: Headers of every /predict answer a model gave: the registered model and the version that scored it.
+MODEL_NAME_HEADER = "X-Model-Name"
+MODEL_VERSION_HEADER = "X-Model-Version"
 MAX_REQUEST_ID_LENGTH = 128
 # Bodies up to this size are scored on the event loop when the compiled scorer serves (a 100-row
 # body is ~55 KB and scores in ~3 ms): the hop to a worker thread and the GIL handoffs between many
@@ -101,6 +122,26 @@ class OrjsonResponse(Response):
 
 class NoModelError(RuntimeError):
     """No champion model is loaded yet (HTTP 503)."""
+
+
+class ScoringFailed(RuntimeError):
+    """The champion failed on a parsed request (HTTP 500); the cause is chained.
+
+    Args:
+        served: the model that failed.
+    """
+
+    def __init__(self, served: ServedModel) -> None:
+        super().__init__(f"{served.name} version {served.version} failed to score the request")
+        self.served = served
+
+
+def _model_headers(request_id: str, served: ServedModel) -> dict[str, str]:
+    return {
+        REQUEST_ID_HEADER: request_id,
+        MODEL_NAME_HEADER: served.name,
+        MODEL_VERSION_HEADER: served.version,
+    }
 
 
 class Unauthorized(RequestError):
@@ -221,7 +262,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     the app's lifespan does (uvicorn, or ``with TestClient(app)``).
 
     Also reads, once, the ``serving:`` policy (body and row limits, what to do with values outside the
-    contract, whether ``/predict`` needs a token) and the endpoint's tokens
+    contract, whether ``/predict`` needs a token), ``release.shadow_share`` (a second holder follows
+    the ``challenger`` alias when it is above 0) and the endpoint's tokens
     (:func:`~continuous_training.credentials.endpoint_tokens`, generated under
     ``settings.secrets_dir`` on first use): a request reads no file.
 
@@ -255,8 +297,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     holder = ModelHolder(
         settings.mlflow_tracking_uri, model_name, contract, settings.endpoint_poll_seconds, settings=settings
     )
+    shadow_share = policy.release.shadow_share
+    challenger = (
+        ModelHolder(
+            settings.mlflow_tracking_uri,
+            model_name,
+            contract,
+            settings.endpoint_poll_seconds,
+            settings=settings,
+            alias=CHALLENGER,
+            champion=holder,
+        )
+        if shadow_share > 0
+        else None
+    )
     predlog = PredictionLog(
         Lake(settings.lake), flush_seconds=settings.endpoint_flush_seconds, contract=contract
+    )
+    shadow = ShadowScorer(
+        predlog,
+        (lambda: challenger.current) if challenger is not None else None,
+        shadow_share,
+        features=contract.feature_names,
+        # One request of the largest size allowed always fits, twice.
+        max_pending_rows=max(MAX_PENDING_ROWS, 2 * (limits.max_rows or 0)),
     )
 
     @asynccontextmanager
@@ -267,12 +331,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         predlog.start()
         holder.start()
-        if not await run_in_threadpool(holder.wait_first_check, STARTUP_WAIT_SECONDS):
+        answered = await run_in_threadpool(holder.wait_first_check, STARTUP_WAIT_SECONDS)
+        if not answered:
             log.warning(
                 "Registry %s did not answer within %.0f s; serving 503 until it does",
                 settings.mlflow_tracking_uri,
                 STARTUP_WAIT_SECONDS,
             )
+        if challenger is not None:
+            # After the champion's first check: a challenger alias naming the champion's version
+            # reuses its loaded model. Its first load is waited for (when the registry answers) so
+            # that it is frozen below with the champion's, and does not compete with the first requests.
+            challenger.start()
+            if answered:
+                await run_in_threadpool(challenger.wait_first_check, STARTUP_WAIT_SECONDS)
+        shadow.start()
         # mlflow, scikit-learn and the model leave ~240k long-lived objects; a full collection over
         # them stalled a worker ~75 ms (measured). Frozen, later collections skip them.
         gc.collect()
@@ -281,6 +354,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             holder.stop()
+            if challenger is not None:
+                challenger.stop()
+            # The shadow thread scores what is pending into the log, then the log writes it all.
+            await run_in_threadpool(shadow.stop)
             await run_in_threadpool(predlog.stop)
 
     app = FastAPI(
@@ -290,6 +367,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=OrjsonResponse,
     )
     app.state.holder = holder
+    app.state.challenger = challenger
+    app.state.shadow = shadow
     app.state.predlog = predlog
     app.state.contract = contract
     app.state.parser = parser
@@ -325,20 +404,54 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         content = {"request_id": request_id, "error": "internal error; the endpoint logged the details"}
         return OrjsonResponse(content, status_code=500, headers={REQUEST_ID_HEADER: request_id})
 
-    def score(served: ServedModel, body: bytes, request_id: str) -> dict[str, Any]:
-        # On the event loop or in a worker thread (see predict): parse, score, buffer the log rows.
+    def log_failure(
+        parsed: ParsedRequest,
+        served: ServedModel,
+        request_id: str,
+        served_at: datetime,
+        started: float,
+        exc: Exception,
+    ) -> None:
+        # The rows of a request the champion failed on, so that error rates per version can be read
+        # from the log; read_predictions leaves them out by default.
+        try:
+            predlog.append(
+                parsed.columns,
+                np.full(parsed.n_rows, np.nan),
+                request_id=request_id,
+                model_name=served.name,
+                model_version=served.version,
+                served_at=served_at,
+                out_of_range=parsed.flag_column(),
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                error=type(exc).__name__,
+            )
+        except Exception:
+            log.exception("Could not log the failed request %s", request_id)
+
+    def score(served: ServedModel, body: bytes, request_id: str, started: float) -> dict[str, Any]:
+        # On the event loop or in a worker thread (see predict): parse, score, hand the rows to the
+        # log (and, if sampled, to the shadow scorer, which returns at once).
         served_at = datetime.now(UTC)
         parsed = parser.parse(body)
-        scores = served.scorer(parsed.columns, parsed.n_rows)
+        try:
+            scores = np.asarray(served.scorer(parsed.columns, parsed.n_rows), dtype=np.float64)
+            if scores.shape != (parsed.n_rows,):
+                raise ValueError(f"the scorer returned shape {scores.shape} for {parsed.n_rows} rows")
+        except Exception as exc:
+            log_failure(parsed, served, request_id, served_at, started, exc)
+            raise ScoringFailed(served) from exc
+        latency_ms = (time.perf_counter() - started) * 1000.0
         flagged = parsed.flagged_rows()
-        predlog.append(
+        shadow.log(
             parsed.columns,
+            parsed.n_rows,
             scores,
             request_id=request_id,
-            model_name=served.name,
-            model_version=served.version,
+            served=served,
             served_at=served_at,
-            out_of_range=parsed.flag_column(flagged) if flagged else None,
+            latency_ms=latency_ms,
+            flags=parsed.flag_column(flagged) if flagged else None,
         )
         return {
             "request_id": request_id,
@@ -351,6 +464,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/predict")
     async def predict(request: Request) -> Response:
         """Score the rows of the body with the champion model."""
+        started = time.perf_counter()
         request_id = ""
         body_read = False
         try:
@@ -365,9 +479,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if served is None:
                 raise NoModelError
             if served.scorer_kind == COMPILED and len(body) <= INLINE_MAX_BODY_BYTES:
-                result = score(served, body, request_id)
+                result = score(served, body, request_id, started)
             else:
-                result = await run_in_threadpool(score, served, body, request_id)
+                result = await run_in_threadpool(score, served, body, request_id, started)
         except RequestError as exc:
             # Only an invalid X-Request-ID header fails before the id exists.
             request_id = request_id or uuid.uuid4().hex
@@ -392,19 +506,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "error": f"no {CHAMPION!r} model of {model_name!r} is loaded yet; retry later",
             }
             return OrjsonResponse(content, status_code=503, headers={REQUEST_ID_HEADER: request_id})
-        except Exception:
+        except Exception as exc:
             log.exception("Prediction failed (request %s)", request_id)
             content = {
                 "request_id": request_id,
                 "error": "prediction failed; the endpoint logged the details under this request id",
             }
-            return OrjsonResponse(content, status_code=500, headers={REQUEST_ID_HEADER: request_id})
-        return OrjsonResponse(result, headers={REQUEST_ID_HEADER: request_id})
+            headers = (
+                _model_headers(request_id, exc.served)
+                if isinstance(exc, ScoringFailed)
+                else {REQUEST_ID_HEADER: request_id}
+            )
+            return OrjsonResponse(content, status_code=500, headers=headers)
+        return OrjsonResponse(result, headers=_model_headers(request_id, served))
+
+    def health_body() -> dict[str, Any]:
+        body = holder.health()
+        held = challenger.current if challenger is not None else None
+        champion = holder.current
+        body["challenger_version"] = held.version if held is not None else None
+        body["shadow"] = {
+            **shadow.stats(),
+            "active": held is not None and champion is not None and held.version != champion.version,
+            "last_error": challenger.last_error if challenger is not None else None,
+        }
+        return body
 
     @app.get("/health")
     async def health() -> Response:
-        """Which model version this worker serves, its pid and the latest failure."""
-        return OrjsonResponse(holder.health())
+        """Which model versions this worker holds, its pid, the shadow counters and the latest failures."""
+        return OrjsonResponse(health_body())
 
     @app.post("/reload")
     async def reload(request: Request) -> Response:
@@ -419,6 +550,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("Refused /reload %s (401): %s", request_id, exc)
             return _refusal(exc, request_id, close=True)
         await run_in_threadpool(holder.check, True)
-        return OrjsonResponse(holder.health(), headers={REQUEST_ID_HEADER: request_id})
+        if challenger is not None:
+            await run_in_threadpool(challenger.check, True)
+        return OrjsonResponse(health_body(), headers={REQUEST_ID_HEADER: request_id})
 
     return app

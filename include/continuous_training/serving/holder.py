@@ -1,16 +1,25 @@
-"""The model an endpoint worker serves: the ``champion`` alias, polled and swapped without a failed request.
+"""The models an endpoint worker holds: a registry alias, polled and swapped without a failed request.
 
-Only a version the pipeline trained is swapped in: the default loader
+The ``champion`` alias is the model that serves. When shadow scoring is on (``release.shadow_share``),
+a second holder follows the ``challenger`` alias: its model also scores sampled requests off the
+request path (:mod:`continuous_training.serving.shadow`) and never answers a client. A challenger alias
+naming the version the champion holder already serves reuses that loaded model (no second copy); a
+missing challenger alias is the normal state between releases.
+
+Only a version the pipeline trained is swapped in, whatever the alias: the default loader
 (:func:`continuous_training.modelstore.load_model_version`) verifies the version's signed provenance,
 its files against the signed manifest and the skops format before any byte of the model is read. A
-refused version never serves: the previous champion keeps serving, ``/health`` reports the refusal in
-``last_error``, and on-call gets one mail per version (the alert ledger in the lake is shared by the
-endpoint's workers, its restarts and the deploy task; :mod:`continuous_training.alerts.mailer` sends it
-over plain SMTP, without Airflow).
+refused version never serves (nor shadow-scores): the previous model stays, ``/health`` reports the
+refusal (``last_error`` for the champion, ``shadow.last_error`` for the challenger, saying that the
+champion is unaffected), and on-call gets one mail per version (the alert ledger in the lake is shared
+by the endpoint's workers, its restarts and the deploy task; :mod:`continuous_training.alerts.mailer`
+sends it over plain SMTP, without Airflow).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import logging
 import os
 import threading
@@ -18,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +38,9 @@ from continuous_training.provenance import ModelRefusedError
 from continuous_training.serving.request import sample_frame
 from continuous_training.serving.scorer import Scorer, compile_scorer
 from continuous_training.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from continuous_training.alerts.mail import Mail
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +78,7 @@ def _is_missing_alias(exc: Exception) -> bool:
 
 
 class ModelHolder:
-    """Keeps the ``champion`` version loaded and swaps it when the alias moves.
+    """Keeps the version an alias names loaded and swaps it when the alias moves.
 
     A daemon thread resolves the alias every ``poll_seconds``. A new version is loaded and warmed up
     in that thread, then published with one reference assignment: requests already running finish
@@ -76,9 +88,13 @@ class ModelHolder:
     :class:`~continuous_training.provenance.ModelRefusedError`) is handled the same way, and mailed to
     on-call once per version.
 
+    The ``champion`` holder serves; a holder of another alias (the ``challenger``, for shadow scoring)
+    only says which model to shadow-score with: its messages and mails name its alias and say that
+    the champion is unaffected, and a missing alias is logged at info once, as a normal state.
+
     Args:
         tracking_uri: the MLflow tracking/registry server.
-        model_name: the registered model whose ``champion`` alias is served.
+        model_name: the registered model whose alias is followed.
         contract: the dataset contract (for the warm-up row).
         poll_seconds: alias polling period.
         loader: ``(name, version) -> estimator``; default
@@ -86,6 +102,9 @@ class ModelHolder:
             the pipeline's public key under ``settings.secrets_dir``.
         settings: where the verification key, the lake (alert ledger) and the SMTP server are; default
             :func:`~continuous_training.settings.load_settings`.
+        alias: the registry alias followed (default ``champion``).
+        champion: for a holder of another alias, the champion's holder: its loaded model is reused
+            when both aliases name the same version, and its version is named in refusals.
     """
 
     def __init__(
@@ -96,8 +115,13 @@ class ModelHolder:
         poll_seconds: float = 2.0,
         loader: Callable[[str, str], Any] | None = None,
         settings: Settings | None = None,
+        *,
+        alias: str = CHAMPION,
+        champion: ModelHolder | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.alias = alias
+        self.champion = champion
         self.model_name = model_name
         self.contract = contract
         self.poll_seconds = poll_seconds
@@ -148,7 +172,7 @@ class ModelHolder:
 
     def _resolve_alias(self) -> str | None:
         try:
-            self._alias_entry = self._registry().get_model_version_by_alias(self.model_name, CHAMPION)
+            self._alias_entry = self._registry().get_model_version_by_alias(self.model_name, self.alias)
             return str(self._alias_entry.version)
         except Exception as exc:
             if _is_missing_alias(exc):
@@ -159,6 +183,47 @@ class ModelHolder:
         if state != self._alias_state:
             self._alias_state = state
             log.info(message, *args)
+
+    @property
+    def serves(self) -> bool:
+        """True for the champion's holder (its model answers clients), False for a shadow alias."""
+        return self.alias == CHAMPION
+
+    def _champion_version(self) -> str | None:
+        served = self.champion.current if self.champion is not None else None
+        return served.version if served is not None else None
+
+    def _no_alias(self, current: ServedModel | None) -> None:
+        """The alias names no version (never set, or removed): log the state once, stop using the model."""
+        if self.serves:
+            if current is None:
+                self._note_alias(
+                    "none", "Model %r has no %r alias yet: /predict answers 503", self.model_name, CHAMPION
+                )
+            else:
+                # The endpoint serves the champion and nothing else: a removed alias (e.g. a first
+                # deploy rolled back) must not leave the rejected version answering.
+                self._note_alias(
+                    "gone",
+                    "Alias %r of %r was removed; stopped serving version %s: /predict answers 503",
+                    CHAMPION,
+                    self.model_name,
+                    current.version,
+                )
+        elif current is None:
+            # Between releases there is no challenger: the normal state, not a warning.
+            self._note_alias(
+                "none", "Model %r has no %r alias: no shadow scoring", self.model_name, self.alias
+            )
+        else:
+            self._note_alias(
+                "gone",
+                "Alias %r of %r was removed; stopped shadow scoring with version %s",
+                self.alias,
+                self.model_name,
+                current.version,
+            )
+        self._current = None
 
     def check(self, force: bool = False) -> ServedModel | None:
         """Resolve the alias now and load its version if it is not the one serving.
@@ -185,28 +250,19 @@ class ModelHolder:
                 self._registry_error = None
             current = self._current
             if version is None:
-                if current is None:
-                    self._note_alias(
-                        "none",
-                        "Model %r has no %r alias yet: /predict answers 503",
-                        self.model_name,
-                        CHAMPION,
-                    )
-                else:
-                    # The endpoint serves the champion and nothing else: a removed alias (e.g. a first
-                    # deploy rolled back) must not leave the rejected version answering.
-                    self._note_alias(
-                        "gone",
-                        "Alias %r of %r was removed; stopped serving version %s: /predict answers 503",
-                        CHAMPION,
-                        self.model_name,
-                        current.version,
-                    )
-                    self._current = None
+                self._no_alias(current)
                 return None
             self._note_alias(
-                f"v{version}", "Alias %r of %r points at version %s", CHAMPION, self.model_name, version
+                f"v{version}", "Alias %r of %r points at version %s", self.alias, self.model_name, version
             )
+            shared = self.champion.current if self.champion is not None else None
+            if shared is not None and shared.version == version:
+                # Both aliases name the version the champion serves (the state after a deploy): one
+                # loaded copy, not two.
+                if current is not shared:
+                    self._current = shared
+                    self._failed = None
+                return shared
             if current is not None and current.version == version:
                 return current
             if (
@@ -241,7 +297,8 @@ class ModelHolder:
         self._current = ServedModel(self.model_name, version, model, datetime.now(UTC), scorer, kind)
         self._failed = None
         log.info(
-            "Serving %s version %s (was %s, scorer %s), loaded in %.1f s",
+            "%s %s version %s (was %s, scorer %s), loaded in %.1f s",
+            "Serving" if self.serves else f"Shadow scoring ({self.alias}) with",
             self.model_name,
             version,
             previous.version if previous else None,
@@ -249,15 +306,39 @@ class ModelHolder:
             time.monotonic() - started,
         )
 
+    def _unaffected(self) -> str:
+        """For a shadow alias: what its failure leaves as it was (the champion)."""
+        return (
+            f"not shadow-scored; the champion is unaffected and keeps serving version "
+            f"{self._champion_version()}"
+        )
+
     def _fail(self, version: str, exc: Exception) -> None:
-        message = f"loading {self.model_name} version {version} failed: {type(exc).__name__}: {exc}"
+        if self.serves:
+            message = f"loading {self.model_name} version {version} failed: {type(exc).__name__}: {exc}"
+            self._failed = (version, time.monotonic(), message)
+            serving = self._current.version if self._current else None
+            log.error("%s; still serving version %s", message, serving, exc_info=exc)
+            return
+        message = (
+            f"loading {self.alias} {self.model_name} version {version} failed ({self._unaffected()}): "
+            f"{type(exc).__name__}: {exc}"
+        )
         self._failed = (version, time.monotonic(), message)
-        serving = self._current.version if self._current else None
-        log.error("%s; still serving version %s", message, serving, exc_info=exc)
+        # The previous shadow version is no longer the alias's: scoring with it would compare nothing
+        # anyone is about to release.
+        self._current = None
+        log.error("%s", message, exc_info=exc)
 
     def _refuse(self, version: str, exc: ModelRefusedError) -> None:
         serving = self._current.version if self._current else None
-        message = f"refused {self.model_name} version {version} (still serving version {serving}): {exc}"
+        if self.serves:
+            message = f"refused {self.model_name} version {version} (still serving version {serving}): {exc}"
+        else:
+            message = (
+                f"refused {self.alias} {self.model_name} version {version} ({self._unaffected()}): {exc}"
+            )
+            self._current = None  # as in _fail: nothing is shadow-scored until a trusted version
         again = self._failed is not None and self._failed[2] == message
         self._failed = (version, time.monotonic(), message)
         # Logged as an error once; the retries (every FAILED_LOAD_RETRY_SECONDS) only at info.
@@ -266,18 +347,53 @@ class ModelHolder:
         from continuous_training.alerts.mail import model_refused_mail
         from continuous_training.alerts.mailer import mail_once
 
-        mail = model_refused_mail(
-            name=self.model_name,
-            version=version,
-            reason=str(exc),
-            refused_by=f"the prediction endpoint (worker pid {os.getpid()})",
-            serving=serving,
-        )
+        if self.serves:
+            mail = model_refused_mail(
+                name=self.model_name,
+                version=version,
+                reason=str(exc),
+                refused_by=f"the prediction endpoint (worker pid {os.getpid()})",
+                serving=serving,
+            )
+        else:
+            mail = self._shadow_refused_mail(version, exc)
         try:
             if mail_once(mail, settings=self.settings):
                 log.warning("Mailed on-call that %s version %s was refused", self.model_name, version)
         except Exception:  # the refusal stands; a failed mail is retried with the next load attempt
             log.exception("Could not mail on-call that %s version %s was refused", self.model_name, version)
+
+    def _shadow_refused_mail(self, version: str, exc: ModelRefusedError) -> Mail:
+        """The refusal mail of a shadow alias's version: it names the alias and the unaffected champion.
+
+        Same event key as a refused champion (one mail per version, whoever refused it): a version
+        refused as challenger is refused again, without a second mail, if it is ever made champion.
+        """
+        from continuous_training.alerts.mail import model_refused_mail
+
+        champion = self._champion_version()
+        mail = model_refused_mail(
+            name=self.model_name,
+            version=version,
+            reason=str(exc),
+            refused_by=f"the prediction endpoint's shadow scoring (worker pid {os.getpid()}), as {self.alias}",
+            serving=champion,
+        )
+        note = (
+            f"<p>This version is the <code>{html.escape(self.alias)}</code>: it was to be shadow-scored "
+            "beside the champion, never to answer clients. The champion is unaffected: "
+            f"{'v' + html.escape(champion) if champion else 'nothing'} keeps serving, and no request is "
+            "shadow-scored until the alias names a trusted version.</p>"
+        )
+        return dataclasses.replace(
+            mail,
+            subject=(
+                f"{self.alias.capitalize()} refused: {self.model_name} v{version} will not be shadow-scored "
+                f"(champion {'v' + champion if champion else 'none'} unaffected)"
+            ),
+            html=note + mail.html,
+            details={**mail.details, "alias": self.alias},
+        )
 
     def _run(self) -> None:
         while True:
@@ -295,7 +411,7 @@ class ModelHolder:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="champion-poller", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{self.alias}-poller", daemon=True)
         self._thread.start()
 
     def wait_first_check(self, timeout: float) -> bool:
