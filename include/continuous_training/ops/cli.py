@@ -232,6 +232,77 @@ def add_simulate_command(subparsers: Subparsers) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# ct ledger
+# --------------------------------------------------------------------------------------------------
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from continuous_training.lake import Lake
+    from continuous_training.model import ledger
+    from continuous_training.model.registry import model_name
+    from continuous_training.settings import load_settings
+
+    name = model_name(args.model)
+    entries = ledger.read_ledger(Lake(load_settings().lake), name)
+    entries = list(reversed(entries))[: args.limit] if args.limit else list(reversed(entries))
+    if args.json:
+        print(json.dumps(entries, indent=2, sort_keys=True))
+        return 0
+    if not entries:
+        print(f"The ledger of {name} is empty: the champion alias has not been moved by the pipeline.")
+        return 0
+    for line in ledger_lines(entries):
+        print(line)
+    return 0
+
+
+def ledger_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """A table of ledger records, newest first: when, kind, from -> to, outcome, who, why."""
+
+    def who(actor: dict[str, Any]) -> str:
+        run = actor.get("dag_run_id")
+        where = f"{actor.get('dag_id') or '?'}/{run}" if run else "outside a DAG run"
+        return f"{where} ({actor['user']})" if actor.get("user") else where
+
+    def version(value: str | None) -> str:
+        return f"v{value}" if value else "none"
+
+    rows = [("WHEN (UTC)", "KIND", "MOVE", "OUTCOME", "BY", "WHY")]
+    for entry in entries:
+        rows.append(
+            (
+                entry["at"][:19].replace("T", " "),
+                entry["kind"],
+                f"{version(entry['from_version'])} -> {version(entry['to_version'])}",
+                entry["outcome"],
+                who(entry.get("actor") or {}),
+                entry.get("reason") or "",
+            )
+        )
+    # Every column but the last (the reason) padded to its widest cell.
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    ]
+
+
+def add_ledger_command(subparsers: Subparsers) -> None:
+    """Wire ``ct ledger``."""
+    parser = subparsers.add_parser(
+        "ledger",
+        help="the deployment ledger: every move of the champion alias, newest first",
+        description="Every move of the registered model's champion alias the pipeline made (deploy, "
+        "rollback, automatic rollback, blocked), newest first: when, from and to which version, the "
+        "outcome, who or what moved it and why. Read from $CT_LAKE/registry/<model>/ledger/.",
+    )
+    parser.add_argument("--model", default=None, help="registered model (default: model.name of policy.yaml)")
+    parser.add_argument("--limit", type=int, default=20, help="newest records to show (0: all; default 20)")
+    parser.add_argument("--json", action="store_true", help="the records as JSON, with gate and detail")
+    parser.set_defaults(handler=_ledger)
+
+
+# --------------------------------------------------------------------------------------------------
 # ct compose init | bootstrap | provision | health
 # --------------------------------------------------------------------------------------------------
 
@@ -328,6 +399,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     add_demo_command,
     add_stack_command,
     add_simulate_command,
+    add_ledger_command,
     add_compose_command,
 ]
 
