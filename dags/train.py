@@ -16,6 +16,9 @@ champion **on the same holdout**, and promotes it only if it passes the gate.
 | `deploy` | smoke test, move alias `champion`, wait until the endpoint serves it; restores the previous champion if not |
 | `notify_gate_blocked` | mails on-call why the challenger was refused |
 
+A confirmed deploy emits the **champion_promoted** Asset: the `watch` DAG then watches the new champion
+on live traffic and rolls it back on a breach.
+
 ## When it runs
 * On every new **validated_applications** Asset event. Such runs train only when the first model can be
   built (`training.min_partitions`) or enough new days arrived (`training.refresh_after_new_partitions`).
@@ -35,7 +38,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from continuous_training.adapter.approval import PolicyApproval
-from continuous_training.adapter.assets import VALIDATED_DATA
+from continuous_training.adapter.assets import CHAMPION_PROMOTED, VALIDATED_DATA
 from continuous_training.adapter.defaults import TRAINING_POOL, TRAINING_QUEUE, default_args, task_timeout
 
 
@@ -149,7 +152,8 @@ def train() -> None:
 
         return steps.register(evaluation["run_id"], steps.lineage(dag_run))
 
-    @task(execution_timeout=task_timeout("train", "deploy"))
+    # A confirmed promotion emits champion_promoted: the watch DAG then watches it on live traffic.
+    @task(execution_timeout=task_timeout("train", "deploy"), outlets=[CHAMPION_PROMOTED])
     def deploy(registered: dict[str, Any], dag_run: Any = None) -> dict[str, Any]:
         """Smoke-test the version, make it `champion` and wait until the endpoint serves it."""
         from continuous_training.adapter import steps

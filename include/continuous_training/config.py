@@ -360,6 +360,11 @@ def _check_release(release: ReleasePolicy, where: str) -> None:
         value = getattr(release, name)
         if not value > 0:
             raise ConfigError(f"{where}.{name}: expected a positive number, got {value!r}")
+    # The watch task's execution_timeout (a day and an hour) covers the longest watch.
+    if release.watch_minutes > 1440:
+        raise ConfigError(
+            f"{where}.watch_minutes: expected at most 1440 (a day), got {release.watch_minutes!r}"
+        )
     for name in ("shadow_min_rows", "watch_min_rows"):
         if not isinstance(getattr(release, name), int):
             raise ConfigError(f"{where}.{name}: expected a whole number, got {getattr(release, name)!r}")

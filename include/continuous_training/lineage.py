@@ -58,6 +58,8 @@ TAG_PROVENANCE_SIGNATURE = "ct.provenance_signature"
 TAG_APPROVAL = "ct.approval"
 TAG_SHADOW_VERDICT = "ct.shadow_verdict"
 TAG_CHAMPION_MOVE = "ct.champion_move"
+#: The watcher's verdict on a champion after its promotion (JSON: the move's ledger key and the verdict).
+TAG_WATCH_VERDICT = "ct.watch_verdict"
 
 #: The value recorded when a piece of lineage is not known (no git checkout, no DAG run).
 UNKNOWN = "unknown"

@@ -49,6 +49,7 @@ EXPECTED_GRAPH = {
         "move_alias": {"notify_on_call"},
         "notify_on_call": set(),
     },
+    "watch": {"watch_champion": set()},
 }
 
 
@@ -229,3 +230,9 @@ def test_parsing_imports_nothing_heavy(dag_file):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1:] in ([], [""]), f"{dag_file.name} imports {out.stdout.strip()}"
+
+
+def test_a_promotion_schedules_the_watch(dagbag) -> None:
+    deploy = dagbag.dags["train"].get_task("deploy")
+    assert [asset.name for asset in deploy.outlets] == ["champion_promoted"]
+    assert dagbag.dags["watch"].timetable.asset_condition.name == "champion_promoted"

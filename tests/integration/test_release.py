@@ -282,3 +282,151 @@ def test_an_unsigned_version_is_refused_even_with_force(release, tmp_path):
     assert tasks["check_version"] == "failed"
     assert champion(release) == before
     assert not [e for e in entries() if e["to_version"] == unsigned.version]
+
+
+# ------------------------------------------------------------------------------------------- watch
+
+
+@pytest.fixture
+def quick_watch(release, tmp_path, monkeypatch) -> dict[str, Any]:
+    """The shipped config with a watch of 30 s on 100 rows, checked every 2 s."""
+    import shutil
+
+    import yaml
+
+    folder = tmp_path / "config"
+    shutil.copytree(load_settings().config_dir, folder)
+    policy = yaml.safe_load((folder / "policy.yaml").read_text())
+    policy["release"] = {
+        **(policy.get("release") or {}),
+        "watch": True,
+        "watch_minutes": 0.5,
+        "watch_min_rows": 100,
+        "watch_poll_seconds": 2,
+    }
+    (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    monkeypatch.setenv("CT_CONFIG_DIR", str(folder))
+    return release
+
+
+def traffic(url: str, day: str, rows: int, seed: int) -> None:
+    from continuous_training.ops.simulate import SimulatorConfig, client_requests, send_traffic
+
+    sent = send_traffic(url, client_requests(day, SimulatorConfig(seed=seed, rows_per_day=rows)).head(rows))
+    assert sent["failed_requests"] == 0, sent
+
+
+def promote_by_hand(version: str, run: str) -> dict[str, Any]:
+    """Move champion as the train DAG's deploy does, past its smoke test (what the watch is for)."""
+    from continuous_training.model.deploy import move_champion
+
+    return move_champion(
+        MODEL,
+        version,
+        kind=ledger.DEPLOY,
+        actor={"dag_id": "train", "dag_run_id": run, "task_id": "deploy"},
+        reason=f"release test {run}",
+        endpoint_url=load_settings().endpoint_url,
+    )
+
+
+def run_watch() -> tuple[str, dict[str, str]]:
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO / "dags" / "watch.py")).dags["watch"]
+    dag_run = dag.test()
+    states = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dag_run.get_task_instances()}
+    return str(getattr(dag_run.state, "value", dag_run.state)), states
+
+
+def watch_tag(release, version: str) -> dict[str, Any]:
+    from continuous_training.lineage import TAG_WATCH_VERDICT
+
+    return json.loads(release["client"].get_model_version(MODEL, version).tags[TAG_WATCH_VERDICT])
+
+
+def nan_version(release, tmp_path: Path) -> str:
+    """v2's own pipeline with its baseline set to NaN (every score NaN), logged, registered and signed."""
+    import numpy as np
+
+    from continuous_training.model.registry import sign_version
+    from continuous_training.model.train import model_requirements
+    from continuous_training.modelstore import SKOPS_TRUSTED_TYPES, load_run_model
+
+    client = release["client"]
+    pipeline = load_run_model(release["registered"][2]["run_id"])
+    estimator = pipeline.steps[-1][1]
+    estimator._baseline_prediction = np.full_like(estimator._baseline_prediction, np.nan)
+    experiment = client.get_run(release["registered"][2]["run_id"]).info.experiment_id
+    with mlflow.start_run(experiment_id=experiment, run_name="release test: a NaN model"):
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            serialization_format="skops",
+            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+            pip_requirements=model_requirements(),
+            pyfunc_predict_fn="predict_proba",
+        )
+    version = str(mlflow.register_model(info.model_uri, MODEL).version)
+    wait_until(
+        lambda: client.get_model_version(MODEL, version).status == "READY", 30, "the NaN version to be ready"
+    )
+    sign_version(MODEL, version, verdict={"passed": True, "metric": "roc_auc", "forced": False})
+    return version
+
+
+def test_the_watch_leaves_a_good_champion_alone(quick_watch):
+    release = quick_watch
+    before = champion(release)
+    good = "1" if before == "2" else "2"  # a gated, signed version, not the champion
+    traffic(release["url"], DAYS[-1], 150, seed=1)  # the champion before, for comparison
+    promote_by_hand(good, "release__watch_good")
+    traffic(release["url"], DAYS[-1], 300, seed=2)
+    state, tasks = run_watch()
+    assert state == "success", tasks
+    assert champion(release) == good
+    verdict = watch_tag(release, good)
+    assert verdict["passed"]
+    assert verdict["judged"]
+    assert verdict["previous_version"] == before
+    assert verdict["figures"]["rows"] >= 300
+    assert verdict["figures"]["previous_rows"] >= 150
+    assert verdict["figures"]["error_rate"] == 0
+    assert not [e for e in entries() if e["kind"] == "auto_rollback"]
+
+
+def test_the_watch_rolls_back_a_champion_that_scores_nan(quick_watch, tmp_path):
+    release = quick_watch
+    previous = champion(release)
+    bad = nan_version(release, tmp_path)
+    promote_by_hand(bad, "release__watch_nan")
+    assert served_versions(release["url"]) == {bad}
+    traffic(release["url"], DAYS[-1], 200, seed=3)
+    state, tasks = run_watch()
+    assert state == "success", tasks
+    assert champion(release) == previous
+    assert served_versions(release["url"]) == {previous}
+    verdict = watch_tag(release, bad)
+    assert not verdict["passed"]
+    assert verdict["figures"]["error_rate"] == 1.0
+    (entry,) = [e for e in entries() if e["kind"] == "auto_rollback"]
+    assert (entry["from_version"], entry["to_version"], entry["outcome"]) == (bad, previous, "confirmed")
+    assert entry["actor"]["dag_id"] == "watch"
+    assert entry["actor"]["task_id"] == "watch_champion"
+    assert "no finite score on 100.00%" in entry["reason"]
+    assert entry["detail"]["figures"]["error_rate"] == 1.0
+    (mail,) = [
+        m for m in read_mail(release["mail"]) if m["Subject"].startswith("[ct] Auto-rollback: release_test")
+    ]
+    assert f"v{bad} -> v{previous}" in mail["Subject"]
+    text = mail.get_body(preferencelist=("html",)).get_content()
+    assert "error_rate" in text
+    # Rolled back on live signals: returning to it needs force.
+    from continuous_training.model.rollback import RollbackRefused, choose_target
+
+    with pytest.raises(RollbackRefused, match="did not pass every gate"):
+        choose_target(release["lake"], MODEL, bad)
+    # A second watch run finds nothing to watch (the newest move is the rollback): no second move or mail.
+    state, tasks = run_watch()
+    assert tasks["watch_champion"] == "skipped"
+    assert len([e for e in entries() if e["kind"] == "auto_rollback"]) == 1

@@ -395,6 +395,11 @@ POLICY_ERROR_CASES = [
         id="release-positive",
     ),
     pytest.param(
+        "release: {watch_minutes: 2000}\n",
+        ": release.watch_minutes: expected at most 1440 (a day), got 2000",
+        id="release-watch-day",
+    ),
+    pytest.param(
         "release: {shadow_min_rows: 10.5}\n",
         ": release.shadow_min_rows: expected a whole number, got 10.5",
         id="release-whole",

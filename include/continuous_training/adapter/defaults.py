@@ -70,6 +70,9 @@ TASK_TIMEOUTS: dict[str, timedelta] = {
     "rollback.move_alias": 20 * _MIN,
     # Reads the ledger record and mails on-call.
     "rollback.notify_on_call": 10 * _MIN,
+    # watch
+    # The whole watch (checks on a worker, waits deferred): release.watch_minutes is at most a day.
+    "watch.watch_champion": 25 * 60 * _MIN,
     # monitor
     # Snapshots the window's served rows and downloads the champion's reference sample (measured: 8-40 s).
     "monitor.collect_served": 15 * _MIN,
@@ -102,6 +105,7 @@ MLFLOW_TASKS = frozenset(
         "rollback.choose_version",
         "rollback.check_version",
         "rollback.move_alias",
+        "watch.watch_champion",
     }
 )
 

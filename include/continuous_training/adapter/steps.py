@@ -409,6 +409,114 @@ def _mail_move(name: str, key: str, dag_run: Any) -> bool:
     )
 
 
+# ---------------------------------------------------------------------------------------------- watch
+
+
+def watch_target() -> dict[str, Any] | None:
+    """The promotion to watch: the newest confirmed move of the ledger if it is a deploy and its version
+    is still the champion (None otherwise: nothing was promoted, or it was moved on since)."""
+    from continuous_training.lineage import CHAMPION
+    from continuous_training.model import ledger
+    from continuous_training.modelstore import alias_version, client
+
+    name = load_policy().model.name
+    confirmed = ledger.moves(ledger.read_ledger(_lake(), name))
+    if not confirmed or confirmed[-1]["kind"] != ledger.DEPLOY:
+        return None
+    last = confirmed[-1]
+    if alias_version(client(), name, CHAMPION) != last["to_version"]:
+        return None
+    return {
+        "name": name,
+        "version": last["to_version"],
+        "from_version": last["from_version"],
+        "at": last["at"],
+        "key": last["key"],
+    }
+
+
+def watch_check(target: dict[str, Any], now: datetime | None = None) -> dict[str, Any] | None:
+    """The watch verdict on the target so far (:func:`continuous_training.model.release.watch_verdict`):
+    None while it keeps watching; ``{"stopped": ...}`` when the champion was moved meanwhile."""
+    from datetime import timedelta
+
+    from continuous_training.lineage import CHAMPION
+    from continuous_training.model.release import watch_verdict
+    from continuous_training.modelstore import alias_version, client
+    from continuous_training.predlog import read_predictions
+
+    policy = load_policy().release
+    current = alias_version(client(), target["name"], CHAMPION)
+    if current != target["version"]:
+        return {"stopped": f"the champion is v{current} now, not v{target['version']}"}
+    now = now or datetime.now(UTC)
+    at = datetime.fromisoformat(target["at"])
+    lake = _lake()
+    new_rows = read_predictions(lake, at, now, target["version"], include_errors=True)
+    previous_rows = new_rows.iloc[0:0]
+    if target["from_version"]:
+        before = at - timedelta(minutes=policy.watch_minutes)
+        previous_rows = read_predictions(lake, before, at, target["from_version"], include_errors=True)
+    return watch_verdict(
+        new_rows,
+        previous_rows,
+        policy,
+        version=target["version"],
+        previous_version=target["from_version"],
+        elapsed_s=(now - at).total_seconds(),
+    )
+
+
+def watch_conclude(target: dict[str, Any], verdict: dict[str, Any], dag_run: Any) -> dict[str, Any]:
+    """Record the verdict on the version; on a breach, roll back to the previous champion through the
+    rollback DAG's path (checked, moved, recorded as ``auto_rollback``) and mail on-call."""
+    import json
+
+    from continuous_training.lineage import TAG_WATCH_VERDICT
+    from continuous_training.model import ledger
+    from continuous_training.model.deploy import DeployError, move_champion
+    from continuous_training.model.rollback import check_target
+    from continuous_training.modelstore import client
+
+    name, version = target["name"], target["version"]
+    if "stopped" in verdict:
+        log.info("Stopped watching %s v%s: %s", name, version, verdict["stopped"])
+        return {**target, "verdict": verdict, "rolled_back": False}
+    client().set_model_version_tag(
+        name, version, TAG_WATCH_VERDICT, json.dumps({"move": target["key"], **verdict}, sort_keys=True)
+    )
+    if verdict["passed"]:
+        log.info(
+            "%s v%s %s after %.0f s: %s",
+            name,
+            version,
+            "passed its watch" if verdict["judged"] else "served too few rows to judge",
+            verdict["elapsed_s"],
+            verdict["figures"],
+        )
+        return {**target, "verdict": verdict, "rolled_back": False}
+    breaches = "; ".join(verdict["breaches"])
+    previous = target["from_version"]
+    if not previous:
+        raise DeployError(
+            f"{name} v{version} breaches its watch ({breaches}) but no champion served before it: "
+            "nothing to roll back to; trigger the rollback DAG with a version, or train a new one"
+        )
+    log.warning("%s v%s breaches its watch: %s; rolling back to v%s", name, version, breaches, previous)
+    check_target(name, previous)
+    moved = move_champion(
+        name,
+        previous,
+        kind=ledger.AUTO_ROLLBACK,
+        actor=actor(dag_run, "watch_champion"),
+        reason=f"v{version} breached its watch: {breaches}",
+        endpoint_url=load_settings().endpoint_url,
+        detail={"breaches": verdict["breaches"], "figures": verdict["figures"], "watched": target["key"]},
+    )
+    _mail_move(name, moved["ledger"], dag_run)
+    return {**target, "verdict": verdict, "rolled_back": True, "ledger": moved["ledger"]}
+
+
 # -------------------------------------------------------------------------------------------- monitor
 
 
