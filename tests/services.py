@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -231,8 +232,17 @@ def endpoint(mlflow_server: str) -> Iterator[str]:
     settings = load_settings()
     os.environ.setdefault("CT_ENDPOINT_POLL_SECONDS", "1")
     os.environ.setdefault("CT_ENDPOINT_FLUSH_SECONDS", "1")
-    proc = start_process(
-        "endpoint",
+    proc = start_endpoint("endpoint", settings, settings.endpoint_port)
+    yield settings.endpoint_url
+    stop_process(proc)
+
+
+def start_endpoint(
+    name: str, settings: Any, port: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """The prediction endpoint as the stack runs it (uvicorn, the stack's worker count) on ``port``."""
+    return start_process(
+        name,
         [
             str(BIN / "uvicorn"),
             "continuous_training.serving.app:create_app",
@@ -240,14 +250,13 @@ def endpoint(mlflow_server: str) -> Iterator[str]:
             "--host",
             settings.host,
             "--port",
-            str(settings.endpoint_port),
+            str(port),
             "--workers",
             str(settings.endpoint_workers),
         ],
-        f"{settings.endpoint_url}/health",
+        f"http://{settings.host}:{port}/health",
+        extra_env=extra_env,
     )
-    yield settings.endpoint_url
-    stop_process(proc)
 
 
 def isolated_stack_env(home: Path, **overrides: str) -> dict[str, str]:

@@ -20,10 +20,9 @@ import httpx
 import mlflow
 import pytest
 from services import (
-    BIN,
     free_port,
     publish_simulated_days,
-    start_process,
+    start_endpoint,
     stop_process,
     wait_until,
 )
@@ -94,21 +93,7 @@ def release(mlflow_server, smtp_sink, airflow_db, tmp_path_factory) -> Iterator[
         client = mlflow.MlflowClient(mlflow_server)
         if not client.search_registered_models(f"name = '{MODEL}'"):
             client.create_registered_model(MODEL)  # as the stack provisions its model
-        proc = start_process(
-            "endpoint-release",
-            [
-                str(BIN / "uvicorn"),
-                "continuous_training.serving.app:create_app",
-                "--factory",
-                "--host",
-                settings.host,
-                "--port",
-                str(port),
-                "--workers",
-                str(settings.endpoint_workers),
-            ],
-            f"{settings.endpoint_url}/health",
-        )
+        proc = start_endpoint("endpoint-release", settings, port)
         try:
             from continuous_training.adapter import steps
 

@@ -34,12 +34,11 @@ import mlflow
 import pytest
 import yaml
 from services import (
-    BIN,
     add_mlflow_user,
     free_port,
     grant_mlflow_permission,
     publish_simulated_days,
-    start_process,
+    start_endpoint,
     stop_process,
     wait_until,
 )
@@ -154,20 +153,10 @@ def guarded_endpoint(world: dict[str, Any], v1: dict[str, Any], smtp_sink: Path)
     grant_mlflow_permission(MLFLOW_ENDPOINT, "registered_model", MODEL, "READ")
     port = free_port()
     url = f"http://{settings.host}:{port}"
-    proc = start_process(
+    proc = start_endpoint(
         "endpoint-trust",
-        [
-            str(BIN / "uvicorn"),
-            "continuous_training.serving.app:create_app",
-            "--factory",
-            "--host",
-            settings.host,
-            "--port",
-            str(port),
-            "--workers",
-            str(settings.endpoint_workers),
-        ],
-        f"{url}/health",
+        settings,
+        port,
         extra_env={
             **mlflow_client_env(settings, MLFLOW_ENDPOINT),
             "CT_MODEL_NAME": MODEL,
