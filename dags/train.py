@@ -12,6 +12,7 @@ champion **on the same holdout**, and promotes it only if it passes the gate.
 | `evaluate` | challenger **and** champion scored on the newest held-out days; HTML evaluation report in the run |
 | `gate` | absolute floor **and** no regression against the champion (`include/config/policy.yaml`, `gate:`) |
 | `register` | MLflow model version with lineage tags (training-set hash, DAG run, git commit, verdict), alias `challenger` |
+| `shadow` | when `release.shadow` is true: waits (deferred, no worker slot held) while the endpoint scores live requests with the challenger beside the champion, then judges it (enough rows, errors, agreement, score shift). A failed verdict blocks it: approval and deploy are skipped, the ledger records it, on-call is mailed. Otherwise it passes at once |
 | `approve` | when `gate.require_approval` is true: a person approves or rejects the version (the UI's *Required Actions*, on-call is mailed); unanswered after `gate.approval_timeout_hours` it is rejected. Otherwise it approves at once |
 | `deploy` | smoke test, move alias `champion`, wait until the endpoint serves it; restores the previous champion if not |
 | `notify_gate_blocked` | mails on-call why the challenger was refused |
@@ -40,6 +41,7 @@ from airflow.sdk import Param, dag, task
 from continuous_training.adapter.approval import PolicyApproval
 from continuous_training.adapter.assets import CHAMPION_PROMOTED, VALIDATED_DATA
 from continuous_training.adapter.defaults import TRAINING_POOL, TRAINING_QUEUE, default_args, task_timeout
+from continuous_training.adapter.release import ShadowChallenger
 
 
 @dag(
@@ -175,13 +177,22 @@ def train() -> None:
         doc_md="Approve or reject the registered version (the UI's Required Actions).",
     )
 
+    # The challenger on live traffic beside the champion (shadow scoring), when policy.yaml says so
+    # (release.shadow); a failed verdict skips approval and deploy.
+    shadow = ShadowChallenger(
+        task_id="shadow",
+        register_task_id="register",
+        execution_timeout=task_timeout("train", "shadow"),
+        doc_md="Wait for the challenger's shadow verdict on live traffic; block it if it fails.",
+    )
+
     training_set = build_training_set()
     trained = train_challenger(training_set)
     should_train(training_set) >> trained
     evaluation = evaluate(trained)
     registered = register(evaluation)
     gate(evaluation) >> [registered, notify_gate_blocked(evaluation)]
-    registered >> approve >> deploy(registered)
+    registered >> shadow >> approve >> deploy(registered)
 
 
 train()

@@ -167,6 +167,7 @@ class ReleasePolicy:
             ``decision_threshold``).
         shadow_max_score_shift: largest Wasserstein distance between the two versions' scores.
         shadow_max_error_rate: largest share of rows the challenger failed to score.
+        shadow_poll_seconds: how often the shadow stage reads the prediction log.
         decision_threshold: the score at and above which a row is decided positive.
         watch: watch each new champion on live traffic and roll back on a breach.
         watch_minutes: how long a new champion is watched.
@@ -184,6 +185,7 @@ class ReleasePolicy:
     shadow_min_agreement: float = 0.9
     shadow_max_score_shift: float = 0.1
     shadow_max_error_rate: float = 0.0
+    shadow_poll_seconds: float = 30.0
     decision_threshold: float = 0.5
     watch: bool = True
     watch_minutes: float = 30.0
@@ -353,6 +355,7 @@ def _check_release(release: ReleasePolicy, where: str) -> None:
         "watch_min_rows",
         "watch_max_p99_ratio",
         "watch_poll_seconds",
+        "shadow_poll_seconds",
         "shadow_max_score_shift",
         "watch_max_score_shift",
     )
@@ -360,10 +363,16 @@ def _check_release(release: ReleasePolicy, where: str) -> None:
         value = getattr(release, name)
         if not value > 0:
             raise ConfigError(f"{where}.{name}: expected a positive number, got {value!r}")
-    # The watch task's execution_timeout (a day and an hour) covers the longest watch.
-    if release.watch_minutes > 1440:
+    # The watch and shadow tasks' execution_timeout (a day and an hour) covers the longest wait.
+    for name in ("watch_minutes", "shadow_max_wait_minutes"):
+        if getattr(release, name) > 1440:
+            raise ConfigError(
+                f"{where}.{name}: expected at most 1440 (a day), got {getattr(release, name)!r}"
+            )
+    if release.shadow and release.shadow_share == 0:
         raise ConfigError(
-            f"{where}.watch_minutes: expected at most 1440 (a day), got {release.watch_minutes!r}"
+            f"{where}.shadow: the shadow stage waits for shadow-scored rows, but shadow_share is 0 "
+            "(nothing is scored); set shadow_share above 0 or shadow to false"
         )
     for name in ("shadow_min_rows", "watch_min_rows"):
         if not isinstance(getattr(release, name), int):

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import mlflow
+import numpy as np
 import pytest
 from services import (
     free_port,
@@ -332,8 +333,6 @@ def watch_tag(release, version: str) -> dict[str, Any]:
 
 def nan_version(release, tmp_path: Path) -> str:
     """v2's own pipeline with its baseline set to NaN (every score NaN), logged, registered and signed."""
-    import numpy as np
-
     from continuous_training.model.registry import sign_version
     from continuous_training.model.train import model_requirements
     from continuous_training.modelstore import SKOPS_TRUSTED_TYPES, load_run_model
@@ -415,3 +414,223 @@ def test_the_watch_rolls_back_a_champion_that_scores_nan(quick_watch, tmp_path):
     state, tasks = run_watch()
     assert tasks["watch_champion"] == "skipped"
     assert len([e for e in entries() if e["kind"] == "auto_rollback"]) == 1
+
+
+# ------------------------------------------------------------------------------------------ shadow
+
+
+@pytest.fixture
+def quick_shadow(release, tmp_path, monkeypatch) -> dict[str, Any]:
+    """The shipped config with a shadow stage on 100 rows, waited for at most a minute, checked every 2 s."""
+    import shutil
+
+    import yaml
+
+    folder = tmp_path / "config"
+    shutil.copytree(load_settings().config_dir, folder)
+    policy = yaml.safe_load((folder / "policy.yaml").read_text())
+    policy["release"] = {
+        **(policy.get("release") or {}),
+        "shadow": True,
+        "shadow_share": 1.0,
+        "shadow_min_rows": 100,
+        "shadow_max_wait_minutes": 1,
+        "shadow_poll_seconds": 2,
+        # Two versions of the same pipeline with 40 to 80 boosting rounds: alike, not identical.
+        "shadow_min_agreement": 0.8,
+        "shadow_max_score_shift": 0.15,
+    }
+    (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    monkeypatch.setenv("CT_CONFIG_DIR", str(folder))
+    return release
+
+
+def make_challenger(release, version: str) -> None:
+    """Point ``challenger`` at the version and wait until every endpoint worker shadow-scores with it."""
+    release["client"].set_registered_model_alias(MODEL, "challenger", version)
+
+    def shadowing() -> bool:
+        with httpx.Client(timeout=5) as http:
+            return all(
+                http.get(f"{release['url']}/health").json().get("challenger_version") == version
+                for _ in range(8)
+            )
+
+    wait_until(shadowing, 60, f"every endpoint worker to shadow-score with v{version}")
+
+
+#: The train DAG's shadow task between a register stand-in (the version from the run's conf) and an
+#: approve stand-in, parsed from a file of its own.
+SHADOW_DAG = """
+import pendulum
+from airflow.sdk import dag, task
+
+from continuous_training.adapter.release import ShadowChallenger
+
+
+@dag(dag_id="shadow_stage", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"))
+def shadow_stage():
+    @task(task_id="register")
+    def register(dag_run=None):
+        return dag_run.conf["registered"]
+
+    @task(task_id="approve")
+    def approve():
+        return "reached"
+
+    register() >> ShadowChallenger(task_id="shadow", register_task_id="register") >> approve()
+
+
+shadow_stage()
+"""
+
+
+def run_shadow(registered: dict[str, Any], folder: Path) -> tuple[str, dict[str, str], Any]:
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+
+    folder = folder / "shadow_dags"
+    folder.mkdir(exist_ok=True)
+    (folder / "shadow_stage.py").write_text(SHADOW_DAG)
+    # dag.test() runs the serialized DAG: written to the metadata DB as the dag-processor would.
+    bag = BundleDagBag(dag_folder=str(folder), bundle_path=folder, bundle_name="dags-folder")
+    assert not bag.import_errors, bag.import_errors
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)
+    dag = bag.dags["shadow_stage"]
+    dag_run = dag.test(run_conf={"registered": registered})
+    tis = {ti.task_id: ti for ti in dag_run.get_task_instances()}
+    states = {task_id: str(getattr(ti.state, "value", ti.state)) for task_id, ti in tis.items()}
+    return (
+        str(getattr(dag_run.state, "value", dag_run.state)),
+        states,
+        tis["shadow"].xcom_pull(task_ids="shadow"),
+    )
+
+
+def shadow_tag(release, version: str) -> dict[str, Any]:
+    from continuous_training.lineage import TAG_SHADOW_VERDICT
+
+    return json.loads(release["client"].get_model_version(MODEL, version).tags[TAG_SHADOW_VERDICT])
+
+
+def answers(url: str, day: str, rows: int, seed: int) -> list[dict[str, Any]]:
+    """The endpoint's answers to simulated one-row requests, with the version header of each."""
+    from continuous_training.ops.simulate import SimulatorConfig, client_requests, to_json_rows
+
+    frame = client_requests(day, SimulatorConfig(seed=seed, rows_per_day=rows)).head(rows)
+    out = []
+    with httpx.Client(timeout=10) as http:
+        for record in to_json_rows(frame):
+            response = http.post(f"{url}/predict", json={"rows": [record]})
+            out.append(
+                {
+                    "status": response.status_code,
+                    "version": response.headers.get("X-Model-Version"),
+                    "scores": response.json().get("predictions"),
+                }
+            )
+    return out
+
+
+def test_the_shadow_stage_passes_a_challenger_that_agrees_with_the_champion(quick_shadow, tmp_path):
+    release = quick_shadow
+    serving = champion(release)
+    candidate = next(v for v in ("1", "2", "3") if v != serving)
+    make_challenger(release, candidate)
+    traffic(release["url"], DAYS[-1], 150, seed=4)
+    state, tasks, result = run_shadow(
+        {**release["registered"][int(candidate)], "version": candidate}, tmp_path
+    )
+    assert state == "success", tasks
+    assert tasks["approve"] == "success"
+    verdict = shadow_tag(release, candidate)
+    assert verdict["passed"], verdict
+    assert verdict["rows"] >= 100
+    assert verdict["error_rate"] == 0
+    assert verdict["agreement"] >= 0.8
+    assert verdict["champion"] == serving
+    assert result["verdict"]["rows"] == verdict["rows"]
+    assert champion(release) == serving  # the stage judges; deploy moves the alias
+    assert not [e for e in entries() if e["kind"] == "blocked" and e["to_version"] == candidate]
+
+
+def test_the_shadow_stage_blocks_a_failing_challenger_without_touching_the_champions_answers(
+    quick_shadow, tmp_path
+):
+    release = quick_shadow
+    serving = champion(release)
+    bad = nan_version(release, tmp_path)
+    make_challenger(release, bad)
+    served = answers(release["url"], DAYS[-1], 120, seed=5)
+    # The champion answered every request itself, with finite scores, while v{bad} failed beside it.
+    assert {a["status"] for a in served} == {200}
+    assert {a["version"] for a in served} == {serving}
+    assert all(np.isfinite(a["scores"]).all() for a in served)
+    state, tasks, result = run_shadow({"name": MODEL, "version": bad, "run_id": "shadow-nan"}, tmp_path)
+    assert state == "success", tasks  # a blocked version is a decision, not a failure
+    assert tasks["approve"] == "skipped"
+    verdict = shadow_tag(release, bad)
+    assert not verdict["passed"]
+    assert verdict["error_rate"] == 1.0
+    assert "the challenger failed on 100.00%" in verdict["reasons"][0]
+    (entry,) = [e for e in entries() if e["kind"] == "blocked" and e["to_version"] == bad]
+    assert (entry["from_version"], entry["outcome"]) == (serving, "blocked")
+    assert entry["actor"]["task_id"] == "shadow"
+    assert entry["gate"]["shadow"]["passed"] is False
+    assert "shadow verdict: the challenger failed" in entry["reason"]
+    assert release["client"].get_registered_model(MODEL).aliases.get("challenger") is None
+    assert champion(release) == serving
+    (mail,) = [
+        m for m in read_mail(release["mail"]) if m["Subject"].startswith("[ct] Blocked by shadow verdict")
+    ]
+    assert f"{MODEL} v{bad}" in mail["Subject"]
+    assert "/ct/models" in mail.get_body(preferencelist=("html",)).get_content()
+
+    # Cleared: the recorded verdict is the answer; no second record, no second mail.
+    state, tasks, _ = run_shadow({"name": MODEL, "version": bad, "run_id": "shadow-nan"}, tmp_path)
+    assert tasks["approve"] == "skipped"
+    assert len([e for e in entries() if e["kind"] == "blocked" and e["to_version"] == bad]) == 1
+    assert (
+        len([m for m in read_mail(release["mail"]) if m["Subject"].startswith("[ct] Blocked by shadow")]) == 1
+    )
+    # Blocked on live traffic: the rollback DAG needs force to return to it.
+    from continuous_training.model.rollback import RollbackRefused, choose_target
+
+    with pytest.raises(RollbackRefused, match="its shadow verdict failed"):
+        choose_target(release["lake"], MODEL, bad)
+
+
+def test_the_models_page_shows_each_versions_live_checks_and_the_blocked_move(release):
+    """After the watch and shadow tests: the versions' verdicts and the ledger's rows, as the page renders them."""
+    from airflow.api_fastapi.core_api import security
+    from fastapi.testclient import TestClient
+
+    from continuous_training.ui.app import create_app
+
+    class Everyone:
+        async def get_user_from_token(self, token: str):
+            from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+            return SimpleAuthManagerUser(username="viewer", role="viewer")
+
+        def is_authorized_dag(self, *, method, access_entity=None, details=None, user) -> bool:
+            return method == "GET"
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(security, "get_auth_manager", lambda: Everyone())
+        page = TestClient(create_app()).get("/models", headers={"Authorization": "Bearer viewer"})
+    assert page.status_code == 200, page.text[:500]
+    html = page.text
+    blocked = [e for e in entries() if e["kind"] == "blocked"]
+    rolled_back = [e for e in entries() if e["kind"] == "auto_rollback"]
+    assert blocked, "the shadow tests ran first"
+    assert rolled_back, "the watch tests ran first"
+    row = html.split(f'<tr id="v{blocked[0]["to_version"]}">', 1)[1].split("</tr>", 1)[0]
+    assert "shadow failed" in row
+    assert "the challenger failed on 100.00%" in row
+    row = html.split(f'<tr id="v{rolled_back[0]["from_version"]}">', 1)[1].split("</tr>", 1)[0]
+    assert "watch breached" in row
+    assert "no finite score" in row
+    assert 'class="ledger-blocked"' in html
+    assert 'class="ledger-auto_rollback"' in html

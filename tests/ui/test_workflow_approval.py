@@ -16,6 +16,8 @@ import pytest
 import yaml
 from services import wait_until
 
+from continuous_training.lake import Lake
+from continuous_training.model.ledger import read_ledger
 from continuous_training.ops.mailsink import read_mail
 
 pytestmark = pytest.mark.ui
@@ -123,6 +125,14 @@ def _decision(ui_stack, version: str) -> dict:
     return json.loads(tags["ct.approval"])
 
 
+def _blocked(ui_stack, version: str) -> list[dict]:
+    """The deployment ledger's blocked records of the version."""
+    from continuous_training.config import load_policy
+
+    entries = read_ledger(Lake(ui_stack.settings.lake), load_policy().model.name)
+    return [e for e in entries if e["kind"] == "blocked" and e["to_version"] == version]
+
+
 def _version_of(request: dict) -> str:
     return request["subject"].split(" v", 1)[1].rstrip("?")
 
@@ -172,6 +182,11 @@ def test_reject_keeps_the_champion_and_is_recorded_and_mailed(ui_stack, approval
         assert _champion(mlflow) == before
     decision = _decision(ui_stack, version)
     assert (decision["decision"], decision["by"], decision["timed_out"]) == ("rejected", "admin", False)
+    (blocked,) = _blocked(ui_stack, version)
+    assert (blocked["from_version"], blocked["outcome"]) == (before, "blocked")
+    assert blocked["actor"]["task_id"] == "approve"
+    assert blocked["actor"]["user"] == "admin"
+    assert blocked["reason"] == "approval rejected by admin"
     rejected = [
         m
         for m in read_mail(ui_stack.settings.mail_dir)
@@ -195,6 +210,9 @@ def test_an_unanswered_request_is_rejected_when_it_times_out(ui_stack, approval_
     decision = _decision(ui_stack, version)
     assert decision["decision"] == "rejected"
     assert decision["timed_out"]
+    (blocked,) = _blocked(ui_stack, version)
+    assert blocked["reason"] == "approval nobody answered in time"
+    assert blocked["actor"]["task_id"] == "approve"
     assert any(
         f"Rejected: loan_default v{version} (nobody answered in time)" in m["Subject"]
         for m in read_mail(ui_stack.settings.mail_dir)

@@ -10,8 +10,9 @@ records who answered and when. What it adds:
 * the request says what is being approved (the version, the gate's verdict and metrics against the
   champion) and links its evaluation page and the MLflow run;
 * on-call is mailed that an approval waits (once per version);
-* the answer is recorded on the model version (tag ``ct.approval``: decision, who, when) and a
-  rejection is mailed; an unanswered request is rejected after ``approval_timeout_hours`` (the
+* the answer is recorded on the model version (tag ``ct.approval``: decision, who, when); a
+  rejection is also a ``blocked`` record of the deployment ledger, takes the version's ``challenger``
+  alias, and is mailed; an unanswered request is rejected after ``approval_timeout_hours`` (the
   operator's default answer), and the rejection says so.
 
 A rejected version does not deploy (``deploy`` is skipped) and the run still succeeds: a human
@@ -78,6 +79,7 @@ class PolicyApproval(ApprovalOperator):
             }
         decision = record_decision(registered, event, context["dag_run"].run_id)
         if decision["decision"] == "rejected":
+            _record_rejected(registered, decision, context["dag_run"])
             _notify_rejected(registered, decision)
         return super().execute_complete(context, event)
 
@@ -151,6 +153,22 @@ def _notify_waiting(
             actions_url=actions,
             timeout_hours=timeout.total_seconds() / 3600,
         )
+    )
+
+
+def _record_rejected(registered: dict[str, Any], decision: dict[str, Any], dag_run: Any) -> None:
+    """The deployment ledger's ``blocked`` record of a rejection (once: keyed by the decision's time)."""
+    from continuous_training.adapter.steps import actor
+    from continuous_training.model.deploy import record_blocked
+
+    who = "nobody answered in time" if decision.get("timed_out") else f"rejected by {decision['by']}"
+    record_blocked(
+        registered["name"],
+        registered["version"],
+        actor=actor(dag_run, "approve", None if decision.get("timed_out") else decision["by"]),
+        reason=f"approval {who}",
+        at=decision["at"],
+        detail={"approval": decision},
     )
 
 

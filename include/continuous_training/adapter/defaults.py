@@ -12,6 +12,7 @@ from continuous_training.alerts.notifier import OnCallNotifier
 from continuous_training.settings import TRAINING_POOL, TRAINING_QUEUE, load_settings
 
 __all__ = [
+    "DEFERRED_WAITS",
     "MLFLOW_TASKS",
     "TASK_TIMEOUTS",
     "TRAINING_POOL",
@@ -61,6 +62,8 @@ TASK_TIMEOUTS: dict[str, timedelta] = {
     "train.deploy": 20 * _MIN,
     # Reads the verdict from MLflow and mails on-call.
     "train.notify_gate_blocked": 10 * _MIN,
+    # The whole shadow stage (checks on a worker, waits deferred): shadow_max_wait_minutes is at most a day.
+    "train.shadow": 25 * 60 * _MIN,
     # rollback
     # Reads the alias, the ledger and the target's tags: a few MLflow calls.
     "rollback.choose_version": 10 * _MIN,
@@ -101,6 +104,7 @@ MLFLOW_TASKS = frozenset(
         "train.register",
         "train.deploy",
         "train.notify_gate_blocked",
+        "train.shadow",
         "monitor.collect_served",
         "rollback.choose_version",
         "rollback.check_version",
@@ -108,6 +112,12 @@ MLFLOW_TASKS = frozenset(
         "watch.watch_champion",
     }
 )
+
+
+#: The tasks that wait deferred on the triggerer between short checks on a worker: their long timeouts
+#: cover the whole wait, while each check is a short task run (and no Celery message is outstanding
+#: while they wait).
+DEFERRED_WAITS = frozenset({"train.shadow", "watch.watch_champion"})
 
 
 def task_timeout(dag_id: str, task_id: str) -> timedelta:

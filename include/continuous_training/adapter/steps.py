@@ -409,6 +409,110 @@ def _mail_move(name: str, key: str, dag_run: Any) -> bool:
     )
 
 
+# --------------------------------------------------------------------------------------------- shadow
+
+
+def shadow_target(registered: dict[str, Any]) -> dict[str, Any] | None:
+    """What the shadow stage judges: the registered version, beside the champion serving now (None when
+    there is no shadow stage: ``release.shadow`` is off, or no champion serves to compare with)."""
+    from continuous_training.model.registry import get_champion
+
+    name, version = registered["name"], str(registered["version"])
+    if not load_policy().release.shadow:
+        log.info("No shadow stage: release.shadow is false in policy.yaml")
+        return None
+    champion = get_champion(name)
+    if champion is None:
+        log.info("No shadow stage for %s v%s: no champion serves to compare it with", name, version)
+        return None
+    if str(champion["version"]) == version:
+        log.info("No shadow stage: %s v%s is the champion already", name, version)
+        return None
+    return {
+        "name": name,
+        "version": version,
+        "run_id": registered["run_id"],
+        "champion": str(champion["version"]),
+        "started": datetime.now(UTC).isoformat(),
+    }
+
+
+def shadow_check(target: dict[str, Any], now: datetime | None = None) -> dict[str, Any] | None:
+    """The shadow verdict on the target so far (:func:`continuous_training.model.release.shadow_verdict`)
+    over the rows the endpoint scored with it since it was registered: None while it waits for rows.
+
+    A verdict already on the version (tag ``ct.shadow_verdict``) is the answer: a cleared task judges
+    nothing twice."""
+    import json
+
+    from continuous_training.lineage import TAG_SHADOW_VERDICT
+    from continuous_training.model.release import shadow_verdict
+    from continuous_training.modelstore import client
+    from continuous_training.predlog import read_predictions
+
+    mlflow_client = client()
+    mv = mlflow_client.get_model_version(target["name"], target["version"])
+    recorded = (mv.tags or {}).get(TAG_SHADOW_VERDICT)
+    if recorded:
+        return json.loads(recorded)
+    now = now or datetime.now(UTC)
+    registered_at = datetime.fromtimestamp(int(mv.creation_timestamp) / 1000, UTC)
+    rows = read_predictions(_lake(), registered_at, now, include_errors=True)
+    verdict = shadow_verdict(
+        rows,
+        target["version"],
+        load_policy().release,
+        waited_s=(now - datetime.fromisoformat(target["started"])).total_seconds(),
+    )
+    return None if verdict is None else {"at": now.isoformat(), "champion": target["champion"], **verdict}
+
+
+def shadow_conclude(target: dict[str, Any], verdict: dict[str, Any], dag_run: Any) -> dict[str, Any]:
+    """Record the verdict on the version (tag ``ct.shadow_verdict``, with the run that judged it); a
+    failed one blocks it: a ``blocked`` ledger record, its ``challenger`` alias removed, and a mail to
+    on-call (each once, whichever run repeats it)."""
+    import json
+
+    from continuous_training.lineage import TAG_SHADOW_VERDICT
+    from continuous_training.model.deploy import record_blocked
+    from continuous_training.modelstore import client
+
+    name, version = target["name"], target["version"]
+    # Who judged goes with the verdict: a later run that finds it recorded repeats nothing.
+    verdict = {"by": actor(dag_run, "shadow"), **verdict}
+    client().set_model_version_tag(name, version, TAG_SHADOW_VERDICT, json.dumps(verdict, sort_keys=True))
+    if verdict["passed"]:
+        log.info("%s v%s passed its shadow verdict: %s", name, version, _shadow_figures(verdict))
+        return {**target, "verdict": verdict}
+    reasons = "; ".join(verdict["reasons"])
+    log.warning("%s v%s blocked by its shadow verdict: %s", name, version, reasons)
+    entry = record_blocked(
+        name,
+        version,
+        actor=verdict["by"],
+        reason=f"shadow verdict: {reasons}",
+        at=verdict["at"],
+        detail={"shadow": _shadow_figures(verdict)},
+    )
+    dag_id, run_id = getattr(dag_run, "dag_id", None) or "train", getattr(dag_run, "run_id", None) or ""
+    notify(
+        mail.shadow_blocked_mail(
+            name=name,
+            version=version,
+            verdict=verdict,
+            champion=verdict.get("champion"),
+            run_url=_run_url(dag_id, run_id),
+            page_url=_page_url("models"),
+        )
+    )
+    return {**target, "verdict": verdict, "ledger": entry["key"]}
+
+
+def _shadow_figures(verdict: dict[str, Any]) -> dict[str, Any]:
+    keys = ("rows", "error_rate", "agreement", "score_shift", "waited_s")
+    return {key: verdict.get(key) for key in keys}
+
+
 # ---------------------------------------------------------------------------------------------- watch
 
 

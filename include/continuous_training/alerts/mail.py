@@ -304,6 +304,59 @@ def approval_rejected_mail(*, name: str, version: str, decision: Mapping[str, An
     )
 
 
+def shadow_blocked_mail(
+    *, name: str, version: str, verdict: Mapping[str, Any], champion: str | None, run_url: str, page_url: str
+) -> Mail:
+    """A challenger's shadow verdict failed: live traffic scored by it disagrees with the champion, or
+    it failed, or too few rows came in; it will not deploy.
+
+    Args:
+        name: registered model name.
+        version: the challenger.
+        verdict: its shadow verdict (rows, error rate, agreement, score shift, limits, reasons).
+        champion: the version that stays the champion.
+        run_url: the train DAG run.
+        page_url: the Models page (versions, verdicts and the deployment ledger).
+    """
+    limits = verdict.get("limits") or {}
+    body = (
+        f"<h2>{html.escape(name)} v{html.escape(version)} blocked by its shadow verdict</h2>"
+        f"<p>It was scored beside champion v{html.escape(str(champion))} on live requests; it will not "
+        "deploy and the champion stays.</p>"
+        "<ul>"
+        + "".join(f"<li>{html.escape(r)}</li>" for r in verdict.get("reasons") or [])
+        + "</ul>"
+        + render_table(
+            [
+                ("Shadow-scored rows", f"{verdict.get('rows')} (at least {limits.get('min_rows')})"),
+                (
+                    "Challenger error rate",
+                    f"{verdict.get('error_rate')} (at most {limits.get('max_error_rate')})",
+                ),
+                (
+                    "Decided as the champion",
+                    f"{verdict.get('agreement')} (at least {limits.get('min_agreement')})",
+                ),
+                (
+                    "Score shift (Wasserstein)",
+                    f"{verdict.get('score_shift')} (at most {limits.get('max_score_shift')})",
+                ),
+                ("Waited", f"{verdict.get('waited_s')} s"),
+                ("Models and ledger", Link(page_url)),
+                ("Train run", Link(run_url)),
+            ]
+        )
+        + "<p>The verdict is recorded on the model version (tag <code>ct.shadow_verdict</code>) and in the "
+        "deployment ledger; the rollback DAG refuses the version unless forced.</p>"
+    )
+    return Mail(
+        event_key=f"shadow-blocked/{name}/{version}",
+        subject=f"Blocked by shadow verdict: {name} v{version}",
+        html=body,
+        details={"name": name, "version": version, "verdict": dict(verdict)},
+    )
+
+
 def rollback_mail(
     *,
     name: str,

@@ -28,6 +28,7 @@ from continuous_training.config import load_contract
 from continuous_training.features import feature_frame
 from continuous_training.lake import Lake
 from continuous_training.lineage import (
+    CHALLENGER,
     CHAMPION,
     TAG_APPROVAL,
     TAG_CHAMPION_MOVE,
@@ -318,6 +319,57 @@ def promote_champion(
         endpoint_url=endpoint_url,
         timeout_s=timeout_s,
     )
+
+
+def record_blocked(
+    name: str,
+    version: str | int,
+    *,
+    actor: Mapping[str, Any],
+    reason: str,
+    at: str,
+    detail: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Record that ``version`` was stopped before ``champion`` moved, and take its ``challenger`` alias.
+
+    A failed shadow verdict and a person's rejection end a version's way to the champion here: the
+    ledger gets a ``blocked`` record (from the champion that stayed, to the version refused), and the
+    ``challenger`` alias is removed if it still names the version, so the endpoint stops scoring it.
+
+    Idempotent: ``at`` is the decision's own time (kept on the version's tags), so a repeated call
+    finds the same record and writes no second one.
+
+    Args:
+        name: registered model name.
+        version: the version refused.
+        actor: who or what refused it (``dag_id``, ``dag_run_id``, ``task_id``, ``user``).
+        reason: why, in a sentence.
+        at: when it was decided, ISO 8601 UTC.
+        detail: the decision's figures (the shadow verdict, the approval).
+
+    Returns:
+        The ledger record as stored.
+    """
+    version = str(version)
+    mlflow_client = client()
+    tags = mlflow_client.get_model_version(name, version).tags or {}
+    entry = ledger.record(
+        Lake.from_settings(),
+        name,
+        kind=ledger.BLOCKED,
+        from_version=alias_version(mlflow_client, name, CHAMPION),
+        to_version=version,
+        outcome=ledger.BLOCKED,
+        actor=actor,
+        reason=reason,
+        at=at,
+        gate=gate_record(tags),
+        detail=detail,
+    )
+    if alias_version(mlflow_client, name, CHALLENGER) == version:
+        mlflow_client.delete_registered_model_alias(name, CHALLENGER)
+        log.info("Alias %s of %s removed from v%s: it was blocked", CHALLENGER, name, version)
+    return entry
 
 
 def _record(

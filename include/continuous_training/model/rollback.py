@@ -49,10 +49,11 @@ def failed_checks(lake: Lake, name: str, version: str) -> list[str]:
     shadow = _json(tags.get(TAG_SHADOW_VERDICT))
     if shadow and shadow.get("passed") is False:
         found.append(f"its shadow verdict failed: {'; '.join(shadow.get('reasons') or [])}")
+    named = bool(found)  # a blocked record repeats the shadow verdict or the rejection named above
     for entry in ledger.failed_live_checks(ledger.read_ledger(lake, name), version):
         if entry["kind"] == ledger.AUTO_ROLLBACK:
             found.append(f"the watcher rolled it back at {entry['at']}: {entry['reason']}")
-        elif not shadow:  # a blocked record repeats the shadow verdict or the rejection named above
+        elif not named:
             found.append(f"its promotion was blocked at {entry['at']}: {entry['reason']}")
     return found
 

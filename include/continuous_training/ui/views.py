@@ -359,10 +359,19 @@ def models(settings: Settings, lake: Lake) -> dict[str, Any]:
     Returns:
         ``{"name", "metric", "champion", "experiment_id", "versions" (newest first: ``version``,
         ``created_at``, ``run_id``, ``training_set``, ``dag_id``, ``dag_run_id``, ``git_commit``,
-        ``reason``, ``verdict``, ``metric_value``, ``champion``), "ledger" (newest first),
+        ``reason``, ``verdict``, ``metric_value``, ``champion``, ``challenger``, and its live checks
+        as recorded on its tags: ``approval``, ``shadow``, ``watch``, each None when not made),
+        "ledger" (newest first),
         "since" (the ledger record that made the champion, or None)}``.
     """
-    from continuous_training.lineage import TAG_DAG_ID, TAG_GIT_COMMIT, TAG_TRAINING_SET
+    from continuous_training.lineage import (
+        TAG_APPROVAL,
+        TAG_DAG_ID,
+        TAG_GIT_COMMIT,
+        TAG_SHADOW_VERDICT,
+        TAG_TRAINING_SET,
+        TAG_WATCH_VERDICT,
+    )
     from continuous_training.model.ledger import champion_since, read_ledger
     from continuous_training.modelstore import alias_version, client
 
@@ -371,6 +380,7 @@ def models(settings: Settings, lake: Lake) -> dict[str, Any]:
     mlflow_client = client()
     experiment = mlflow_client.get_experiment_by_name(name)
     champion_now = alias_version(mlflow_client, name, "champion")
+    challenger_now = alias_version(mlflow_client, name, "challenger")
     versions = []
     for mv in mlflow_client.search_model_versions(f"name='{name}'", max_results=10_000):
         tags = mv.tags or {}
@@ -388,6 +398,10 @@ def models(settings: Settings, lake: Lake) -> dict[str, Any]:
                 "verdict": verdict,
                 "metric_value": (verdict or {}).get("challenger_value"),
                 "champion": str(mv.version) == str(champion_now),
+                "challenger": str(mv.version) == str(challenger_now) and challenger_now != champion_now,
+                "approval": _json_tag(tags.get(TAG_APPROVAL)),
+                "shadow": _json_tag(tags.get(TAG_SHADOW_VERDICT)),
+                "watch": _json_tag(tags.get(TAG_WATCH_VERDICT)),
             }
         )
     versions.sort(key=lambda v: int(v["version"]), reverse=True)
@@ -401,6 +415,17 @@ def models(settings: Settings, lake: Lake) -> dict[str, Any]:
         "ledger": list(reversed(entries)),
         "since": champion_since(entries, champion_now),
     }
+
+
+def _json_tag(raw: str | None) -> dict[str, Any] | None:
+    """A JSON tag's mapping; an unreadable one says so rather than failing the page."""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"unreadable": raw[:200]}
+    return value if isinstance(value, dict) else {"unreadable": raw[:200]}
 
 
 #: What an MLflow run id looks like; anything else is not looked up.
