@@ -8,7 +8,7 @@ export PYTHONPYCACHEPREFIX ?= $(CURDIR)/.ct/pycache
 # With PYTHONDONTWRITEBYTECODE set no cache is written at all, prefix or not.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install lock demo demo-cluster test test-e2e test-ui test-cluster bench bench-quick lint format stack-up stack-down stack-status clean
+.PHONY: install lock demo demo-cluster test test-e2e test-ui test-cluster test-load bench bench-quick lint format stack-up stack-down stack-status clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,9 @@ test-ui: install  ## the UI in Debian's chromium, on a stack of its own after th
 test-cluster: install  ## stacks under load and failures: the embedded one, then the cluster (~30 min)
 	$(BIN)/pytest -m cluster tests/cluster -k embedded
 	$(BIN)/pytest -m cluster tests/cluster -k "not embedded"
+
+test-load: install  ## the endpoint under 10 min of 1-row traffic at 3x the demo's rate, then a promotion (~14 min)
+	$(BIN)/pytest -m load tests/load
 
 bench: install  ## every benchmark beside its anchor; table + bench/results/*.json (~15 min)
 	$(BIN)/python -m bench

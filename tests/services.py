@@ -69,6 +69,46 @@ def publish_simulated_days(lake, days, seed: int, rows_per_day: int = 500) -> No
         write_json_atomic(lake.validated(day) / MANIFEST_FILE, {"day": day, "rows": len(df), "sha256": sha})
 
 
+def own_model_env(model: str, lake: Path, port: int) -> dict[str, str]:
+    """The environment of a test module that works on a registered model, a lake and an endpoint (on
+    ``port``) of its own, so that nothing it does changes what other modules assert on."""
+    return {
+        "CT_MODEL_NAME": model,
+        "CT_LAKE": str(lake),
+        "CT_ENDPOINT_PORT": str(port),
+        "CT_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+
+
+def lineage(run: str) -> dict[str, str]:
+    """The lineage a train DAG run ``run`` gives its model."""
+    return {"dag_id": "train", "dag_run_id": run, "git_commit": "abc1234"}
+
+
+def train_and_register(lake, run: str, max_iter: int) -> dict[str, Any]:
+    """One challenger as the train DAG makes it on ``lake``'s validated days: trained (``max_iter``
+    boosting rounds, a small reference sample), evaluated, gated (forced past no-regression),
+    registered and signed. Its registered version (``name``, ``version``, ``run_id``)."""
+    import dataclasses
+
+    from continuous_training.adapter import steps
+    from continuous_training.config import load_policy
+    from continuous_training.model.train import train_challenger
+    from continuous_training.model.training_set import build_training_set, select_training_days
+
+    training_set = build_training_set(lake, select_training_days(lake, 28))
+    policy = load_policy()
+    policy = dataclasses.replace(
+        policy,
+        model=dataclasses.replace(policy.model, params={**policy.model.params, "max_iter": max_iter}),
+        training=dataclasses.replace(policy.training, reference_sample_rows=500),
+    )
+    trained = train_challenger(training_set, reason=f"test {run}", lineage=lineage(run), policy=policy)
+    evaluation = steps.evaluate(trained["run_id"])
+    assert steps.gate(evaluation, force=True)["passed"]
+    return steps.register(trained["run_id"], lineage(run))
+
+
 def wait_http(
     url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None
 ) -> None:

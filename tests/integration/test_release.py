@@ -22,13 +22,15 @@ import numpy as np
 import pytest
 from services import (
     free_port,
+    own_model_env,
     publish_simulated_days,
     start_endpoint,
     stop_process,
+    train_and_register,
     wait_until,
 )
+from services import lineage as _lineage
 
-from continuous_training.config import load_policy
 from continuous_training.lake import Lake
 from continuous_training.model import ledger
 from continuous_training.ops.mailsink import read_mail
@@ -41,34 +43,6 @@ MODEL = "release_test"
 DAYS = [(date(2026, 5, 1) + timedelta(days=i)).isoformat() for i in range(6)]
 
 
-def _lineage(run: str) -> dict[str, str]:
-    return {"dag_id": "train", "dag_run_id": run, "git_commit": "abc1234"}
-
-
-def _train_and_register(lake: Lake, run: str, max_iter: int) -> dict[str, Any]:
-    """One challenger as the train DAG makes it: trained, evaluated, gated, registered and signed."""
-    from continuous_training.adapter import steps
-    from continuous_training.model.training_set import build_training_set, select_training_days
-
-    training_set = build_training_set(lake, select_training_days(lake, 28))
-    policy = load_policy()
-    import dataclasses
-
-    from continuous_training.model.train import train_challenger
-
-    policy = dataclasses.replace(
-        policy,
-        model=dataclasses.replace(policy.model, params={**policy.model.params, "max_iter": max_iter}),
-        training=dataclasses.replace(policy.training, reference_sample_rows=500),
-    )
-    trained = train_challenger(
-        training_set, reason=f"release test {run}", lineage=_lineage(run), policy=policy
-    )
-    evaluation = steps.evaluate(trained["run_id"])
-    assert steps.gate(evaluation, force=True)["passed"]
-    return steps.register(trained["run_id"], _lineage(run))
-
-
 def _dag_run(dag_id: str, run_id: str, user: str | None = None) -> SimpleNamespace:
     return SimpleNamespace(dag_id=dag_id, run_id=run_id, triggering_user_name=user)
 
@@ -79,12 +53,7 @@ def release(mlflow_server, smtp_sink, airflow_db, tmp_path_factory) -> Iterator[
     home = tmp_path_factory.mktemp("release")
     lake_root = home / "lake"
     port = free_port()
-    env = {
-        "CT_MODEL_NAME": MODEL,
-        "CT_LAKE": str(lake_root),
-        "CT_ENDPOINT_PORT": str(port),
-        "CT_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
+    env = own_model_env(MODEL, lake_root, port)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
@@ -102,7 +71,7 @@ def release(mlflow_server, smtp_sink, airflow_db, tmp_path_factory) -> Iterator[
             for n, max_iter in ((1, 40), (2, 60), (3, 80)):
                 run = f"release__{n}"
                 # Each one gated against the champion of its time, as successive train runs are.
-                registered[n] = _train_and_register(lake, run, max_iter)
+                registered[n] = train_and_register(lake, run, max_iter)
                 assert registered[n]["version"] == str(n)
                 if n < 3:
                     steps.deploy(registered[n], _lineage(run), _dag_run("train", run, user=None))
@@ -164,7 +133,7 @@ def test_deploys_are_in_the_ledger_with_their_gate_and_outcome(release):
     assert second["gate"]["verdict"]["passed"] is True
     assert second["gate"]["verdict"]["metric"] == "roc_auc"
     assert second["detail"]["served_after_s"] >= 0
-    assert second["reason"] == "release test release__2"
+    assert second["reason"] == "test release__2"
 
 
 def test_the_rollback_dag_returns_to_the_previous_champion(release):
@@ -273,9 +242,8 @@ def test_an_unsigned_version_is_refused_even_with_force(release, tmp_path):
 # ------------------------------------------------------------------------------------------- watch
 
 
-@pytest.fixture
-def quick_watch(release, tmp_path, monkeypatch) -> dict[str, Any]:
-    """The shipped config with a watch of 30 s on 100 rows, checked every 2 s."""
+def release_policy(tmp_path: Path, monkeypatch, **release: Any) -> None:
+    """Use the shipped config with these ``release:`` values (CT_CONFIG_DIR for this test)."""
     import shutil
 
     import yaml
@@ -283,22 +251,25 @@ def quick_watch(release, tmp_path, monkeypatch) -> dict[str, Any]:
     folder = tmp_path / "config"
     shutil.copytree(load_settings().config_dir, folder)
     policy = yaml.safe_load((folder / "policy.yaml").read_text())
-    policy["release"] = {
-        **(policy.get("release") or {}),
-        "watch": True,
-        "watch_minutes": 0.5,
-        "watch_min_rows": 100,
-        "watch_poll_seconds": 2,
-    }
+    policy["release"] = {**(policy.get("release") or {}), **release}
     (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     monkeypatch.setenv("CT_CONFIG_DIR", str(folder))
+
+
+@pytest.fixture
+def quick_watch(release, tmp_path, monkeypatch) -> dict[str, Any]:
+    """The shipped config with a watch of 15 s on 100 rows, checked every 2 s."""
+    release_policy(
+        tmp_path, monkeypatch, watch=True, watch_minutes=0.25, watch_min_rows=100, watch_poll_seconds=2
+    )
     return release
 
 
-def traffic(url: str, day: str, rows: int, seed: int) -> None:
+def traffic(url: str, day: str, rows: int, seed: int, batch_size: int = 50) -> None:
     from continuous_training.ops.simulate import SimulatorConfig, client_requests, send_traffic
 
-    sent = send_traffic(url, client_requests(day, SimulatorConfig(seed=seed, rows_per_day=rows)).head(rows))
+    frame = client_requests(day, SimulatorConfig(seed=seed, rows_per_day=rows)).head(rows)
+    sent = send_traffic(url, frame, batch_size=batch_size)
     assert sent["failed_requests"] == 0, sent
 
 
@@ -331,18 +302,18 @@ def watch_tag(release, version: str) -> dict[str, Any]:
     return json.loads(release["client"].get_model_version(MODEL, version).tags[TAG_WATCH_VERDICT])
 
 
-def nan_version(release, tmp_path: Path) -> str:
-    """v2's own pipeline with its baseline set to NaN (every score NaN), logged, registered and signed."""
+def altered_version(release, label: str, alter) -> str:
+    """v2's own pipeline with its boosted trees altered by ``alter(estimator)``, logged, registered and
+    signed as the pipeline would (a version the gate passed, that behaves differently live)."""
     from continuous_training.model.registry import sign_version
     from continuous_training.model.train import model_requirements
     from continuous_training.modelstore import SKOPS_TRUSTED_TYPES, load_run_model
 
     client = release["client"]
     pipeline = load_run_model(release["registered"][2]["run_id"])
-    estimator = pipeline.steps[-1][1]
-    estimator._baseline_prediction = np.full_like(estimator._baseline_prediction, np.nan)
+    alter(pipeline.steps[-1][1])
     experiment = client.get_run(release["registered"][2]["run_id"]).info.experiment_id
-    with mlflow.start_run(experiment_id=experiment, run_name="release test: a NaN model"):
+    with mlflow.start_run(experiment_id=experiment, run_name=f"release test: {label}"):
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
@@ -352,11 +323,40 @@ def nan_version(release, tmp_path: Path) -> str:
             pyfunc_predict_fn="predict_proba",
         )
     version = str(mlflow.register_model(info.model_uri, MODEL).version)
-    wait_until(
-        lambda: client.get_model_version(MODEL, version).status == "READY", 30, "the NaN version to be ready"
-    )
+    wait_until(lambda: client.get_model_version(MODEL, version).status == "READY", 30, f"{label} to be ready")
     sign_version(MODEL, version, verdict={"passed": True, "metric": "roc_auc", "forced": False})
     return version
+
+
+def nan_version(release) -> str:
+    """A version whose baseline is NaN: every score NaN."""
+
+    def alter(estimator) -> None:
+        estimator._baseline_prediction = np.full_like(estimator._baseline_prediction, np.nan)
+
+    return altered_version(release, "a NaN model", alter)
+
+
+#: How many times slower the slow version is made: each tree repeated this many times.
+SLOWDOWN = 25
+
+
+def slow_version(release) -> str:
+    """A version with the same scores (to 1e-13) from SLOWDOWN times as many trees: each tree repeated,
+    its leaf values divided by SLOWDOWN, so the sum is unchanged and only the time to score grows."""
+    import copy
+
+    def alter(estimator) -> None:
+        def scaled(tree):
+            tree = copy.deepcopy(tree)
+            tree.nodes["value"] /= SLOWDOWN
+            return tree
+
+        estimator._predictors = [
+            [scaled(tree) for tree in round_] for round_ in estimator._predictors for _ in range(SLOWDOWN)
+        ]
+
+    return altered_version(release, "a slow model", alter)
 
 
 def test_the_watch_leaves_a_good_champion_alone(quick_watch):
@@ -382,7 +382,7 @@ def test_the_watch_leaves_a_good_champion_alone(quick_watch):
 def test_the_watch_rolls_back_a_champion_that_scores_nan(quick_watch, tmp_path):
     release = quick_watch
     previous = champion(release)
-    bad = nan_version(release, tmp_path)
+    bad = nan_version(release)
     promote_by_hand(bad, "release__watch_nan")
     assert served_versions(release["url"]) == {bad}
     traffic(release["url"], DAYS[-1], 200, seed=3)
@@ -393,8 +393,8 @@ def test_the_watch_rolls_back_a_champion_that_scores_nan(quick_watch, tmp_path):
     verdict = watch_tag(release, bad)
     assert not verdict["passed"]
     assert verdict["figures"]["error_rate"] == 1.0
-    (entry,) = [e for e in entries() if e["kind"] == "auto_rollback"]
-    assert (entry["from_version"], entry["to_version"], entry["outcome"]) == (bad, previous, "confirmed")
+    (entry,) = [e for e in entries() if e["kind"] == "auto_rollback" and e["from_version"] == bad]
+    assert (entry["to_version"], entry["outcome"]) == (previous, "confirmed")
     assert entry["actor"]["dag_id"] == "watch"
     assert entry["actor"]["task_id"] == "watch_champion"
     assert "no finite score on 100.00%" in entry["reason"]
@@ -416,32 +416,46 @@ def test_the_watch_rolls_back_a_champion_that_scores_nan(quick_watch, tmp_path):
     assert len([e for e in entries() if e["kind"] == "auto_rollback"]) == 1
 
 
+def test_the_watch_rolls_back_a_champion_whose_latency_is_inflated(quick_watch):
+    release = quick_watch
+    previous = champion(release)
+    slow = slow_version(release)
+    traffic(release["url"], DAYS[-1], 150, seed=6, batch_size=5)  # the previous champion's latency
+    promote_by_hand(slow, "release__watch_slow")
+    traffic(release["url"], DAYS[-1], 200, seed=7, batch_size=5)
+    state, tasks = run_watch()
+    assert state == "success", tasks
+    assert champion(release) == previous
+    verdict = watch_tag(release, slow)
+    assert not verdict["passed"]
+    figures = verdict["figures"]
+    assert figures["p99_ms"] > 3 * figures["previous_p99_ms"], figures
+    assert figures["error_rate"] == 0  # the same scores, only slower: the latency is the breach
+    assert len(verdict["breaches"]) == 1
+    assert "p99 latency" in verdict["breaches"][0]
+    (entry,) = [e for e in entries() if e["kind"] == "auto_rollback" and e["from_version"] == slow]
+    assert (entry["to_version"], entry["outcome"]) == (previous, "confirmed")
+    assert "p99 latency" in entry["reason"]
+
+
 # ------------------------------------------------------------------------------------------ shadow
 
 
 @pytest.fixture
 def quick_shadow(release, tmp_path, monkeypatch) -> dict[str, Any]:
     """The shipped config with a shadow stage on 100 rows, waited for at most a minute, checked every 2 s."""
-    import shutil
-
-    import yaml
-
-    folder = tmp_path / "config"
-    shutil.copytree(load_settings().config_dir, folder)
-    policy = yaml.safe_load((folder / "policy.yaml").read_text())
-    policy["release"] = {
-        **(policy.get("release") or {}),
-        "shadow": True,
-        "shadow_share": 1.0,
-        "shadow_min_rows": 100,
-        "shadow_max_wait_minutes": 1,
-        "shadow_poll_seconds": 2,
+    release_policy(
+        tmp_path,
+        monkeypatch,
+        shadow=True,
+        shadow_share=1.0,
+        shadow_min_rows=100,
+        shadow_max_wait_minutes=1,
+        shadow_poll_seconds=2,
         # Two versions of the same pipeline with 40 to 80 boosting rounds: alike, not identical.
-        "shadow_min_agreement": 0.8,
-        "shadow_max_score_shift": 0.15,
-    }
-    (folder / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
-    monkeypatch.setenv("CT_CONFIG_DIR", str(folder))
+        shadow_min_agreement=0.8,
+        shadow_max_score_shift=0.15,
+    )
     return release
 
 
@@ -560,7 +574,7 @@ def test_the_shadow_stage_blocks_a_failing_challenger_without_touching_the_champ
 ):
     release = quick_shadow
     serving = champion(release)
-    bad = nan_version(release, tmp_path)
+    bad = nan_version(release)
     make_challenger(release, bad)
     served = answers(release["url"], DAYS[-1], 120, seed=5)
     # The champion answered every request itself, with finite scores, while v{bad} failed beside it.
