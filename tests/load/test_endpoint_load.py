@@ -8,7 +8,7 @@ signed as the train DAG does it), on a lake of its own. What is measured:
    one after the other, as fast as the endpoint answers; its requests/s here is the reference.
 2. **Unloaded**: one connection sending 1-row requests at a slow, steady pace: the p99 a lone client sees.
 3. **Load**: 1-row requests at three times the demo's request rate, open loop (latency counted from when
-   each request was due) over 8 keep-alive connections, for ``CT_LOAD_MINUTES`` (10 by default). After a
+   each request was due) over 8 keep-alive connections, for ``LOAD_TEST_MINUTES`` (10 by default). After a
    minute of warm-up the endpoint's memory (master and workers) and its worker processes are noted; at
    the end they are compared. No 5xx and no failed request; p99 within 4x the unloaded p99; memory
    growth under 10%; the same worker processes (none restarted).
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.load
 
 MODEL = "load_test"
 DAYS = [(date(2026, 6, 1) + timedelta(days=i)).isoformat() for i in range(6)]
-LOAD_MINUTES = float(os.environ.get("CT_LOAD_MINUTES", "10"))
+LOAD_MINUTES = float(os.environ.get("LOAD_TEST_MINUTES", "10"))
 WARM_UP_S = 60.0
 CONNECTIONS = 8
 #: The load, as a multiple of the demo's request rate.
@@ -174,7 +174,7 @@ def test_sustained_load_then_a_promotion_under_it(served, capsys):
             "rss_warm_mb": round(rss_warm / 2**20, 1),
             "rss_end_mb": round(rss_end / 2**20, 1),
             "rss_growth": round(rss_end / rss_warm - 1, 4),
-            "workers": len(workers_warm),
+            "endpoint_child_processes": len(workers_warm),
             "server_errors": sum(1 for r in everything if r.status is not None and r.status >= 500),
             "failed": sum(1 for r in everything if r.status != 200),
             "promotion_requests": len(promotion),
