@@ -138,6 +138,7 @@ def test_the_models_page_lists_the_versions_and_the_champions_history(ui_stack):
     assert "champion" in row
     assert "passed" in row
     assert "/ct/evaluation/" in row
+    assert "<th>Live checks</th>" in html  # each version's approval, shadow and watch verdicts
     history = html.split('id="ledger"', 1)[1].split("</table>", 1)[0]
     # The demo deployed twice, each confirmed: the first champion, then the drift-triggered retraining.
     assert history.count('class="ledger-deploy"') == 2
