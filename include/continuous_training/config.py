@@ -121,6 +121,7 @@ class DriftPolicy:
     min_drifted_columns: int = 1
     window_hours: float = 24
     cooldown_hours: float = 6
+    unseen_category_floor: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,9 @@ def load_policy(config_dir: Path | None = None) -> Policy:
                 f"{path}: serving.{name}: expected a positive integer, got {getattr(serving, name)!r}"
             )
     _check_release(built["release"], f"{path}: release")
+    floor = built["drift"].unseen_category_floor
+    if not 0 < floor <= 1:
+        raise ConfigError(f"{path}: drift.unseen_category_floor: expected a share in (0, 1], got {floor!r}")
     return Policy(**built)
 
 

@@ -40,8 +40,9 @@ def test_demo_loop_with_the_scheduler(stack):
     assert sum("Bad data" in s for s in subjects) == 1
     drift_mails = [s for s in subjects if "Drift in" in s]
     assert len(drift_mails) == 1
-    for column in DRIFT_COLUMNS:
-        assert column in drift_mails[0]
+    # The three most drifted columns by name, the rest counted.
+    assert sum(column in drift_mails[0] for column in DRIFT_COLUMNS) == 3
+    assert f"and {len(DRIFT_COLUMNS) - 3} more" in drift_mails[0]
     assert len(summary["drift_reports"]) == 2  # the control window and the drifted one
 
     import mlflow

@@ -189,7 +189,25 @@ def drift_mail(*, drift: Mapping[str, Any], monitor_run_id: str, run_url: str, p
         run_url: its page.
         page_url: its verdict on the project's Drift page (every column's score, the Evidently report).
     """
-    rows = [(c, f"{drift['scores'][c]:.3f}") for c in drift["drifted_columns"]]
+    scores = drift["scores"]
+    unseen = drift.get("unseen_categories") or {}
+    ranked = sorted(drift["drifted_columns"], key=lambda c: (-(scores[c] or 0.0), c))
+    rows = [
+        (
+            c,
+            ("-" if scores[c] is None else f"{scores[c]:.3f}")
+            + "".join(
+                f"; new category {u['value']!r} on {u['share']:.1%} of rows" for u in unseen.get(c, [])
+            ),
+        )
+        for c in ranked
+    ]
+    nulls = drift.get("null_columns") or {}
+    findings = [
+        f"{c}: no value at all in the {'served window' if side == 'current' else 'reference sample'} (not judged)"
+        for side in ("current", "reference")
+        for c in nulls.get(side) or []
+    ]
     body = (
         f"<h2>Drift found in {len(drift['drifted_columns'])} column(s)</h2>"
         f"<p>What the endpoint served with {html.escape(drift['model_name'])} v{html.escape(drift['model_version'])} "
@@ -197,6 +215,11 @@ def drift_mail(*, drift: Mapping[str, Any], monitor_run_id: str, run_url: str, p
         f"({drift['rows_current']} rows) differs from the model's reference sample "
         f"({drift['num_method']} / {drift['cat_method']}, threshold {drift['threshold']}).</p>"
         + render_table([("Column", "Score"), *rows])
+        + (
+            "<h3>Data quality</h3><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in findings) + "</ul>"
+            if findings
+            else ""
+        )
         + render_table(
             [
                 ("Every column's score", Link(page_url)),
@@ -209,10 +232,21 @@ def drift_mail(*, drift: Mapping[str, Any], monitor_run_id: str, run_url: str, p
     )
     return Mail(
         event_key=f"drift/{monitor_run_id}",
-        subject=f"Drift in {', '.join(drift['drifted_columns'])} ({drift['model_name']} v{drift['model_version']})",
+        subject=f"Drift in {_leading(ranked)} ({drift['model_name']} v{drift['model_version']})",
         html=body,
         details={k: drift[k] for k in ("drifted_columns", "scores", "report_html", "report_json")},
     )
+
+
+#: Columns a drift mail's subject names; the rest are counted ("and N more").
+SUBJECT_COLUMNS = 3
+
+
+def _leading(columns: Sequence[str]) -> str:
+    """The first :data:`SUBJECT_COLUMNS` names, then how many more: a subject stays one line."""
+    shown = ", ".join(columns[:SUBJECT_COLUMNS])
+    more = len(columns) - SUBJECT_COLUMNS
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def model_refused_event_key(name: str, version: str) -> str:

@@ -261,6 +261,37 @@ def _load_and_score(
     return reference, current, numeric, found
 
 
+def unseen_categories(
+    reference: pd.DataFrame, current: pd.DataFrame, categorical: list[str], floor: float
+) -> dict[str, list[dict[str, Any]]]:
+    """The categories of the served window that the reference never had, on at least ``floor`` of its rows.
+
+    Args:
+        reference: the reference sample.
+        current: the served window.
+        categorical: the categorical feature columns.
+        floor: the smallest share of the window's rows (nulls included) a new category must reach.
+
+    Returns:
+        ``{column: [{"value", "rows", "share"}, ...]}``, most frequent first; only columns with one.
+    """
+    total = len(current)
+    found: dict[str, list[dict[str, Any]]] = {}
+    if not total:
+        return found
+    for col in categorical:
+        known = set(reference[col].dropna().astype(str).unique())
+        counts = current[col].value_counts(dropna=True, sort=True)
+        new = [
+            {"value": str(value), "rows": int(rows), "share": round(rows / total, 4)}
+            for value, rows in counts.items()
+            if rows > 0 and str(value) not in known and rows / total >= floor
+        ]
+        if new:
+            found[col] = new
+    return found
+
+
 def compute_drift(
     reference: pd.DataFrame | Path,
     current: pd.DataFrame | Path,
@@ -296,7 +327,11 @@ def compute_drift(
         report_rows: the most rows per side the report's charts are drawn from.
 
     Returns:
-        A JSON-serialisable summary: ``drifted_columns`` (sorted), ``scores`` (feature -> score),
+        A JSON-serialisable summary: ``drifted_columns`` (by score, highest first; ties by name),
+        ``scores`` (feature -> score; None when a side has no usable value), ``null_columns``
+        (``{"current": [...], "reference": [...]}``: the feature columns with no value at all in the
+        served window or the reference: not judged, a data-quality finding), ``unseen_categories``
+        (see :func:`unseen_categories`; each such column is drifted),
         ``threshold``, ``num_method``, ``cat_method``, ``share_drifted``, ``rows_reference``,
         ``rows_current``, ``report_sample_rows``, ``prediction_drift`` (or None), ``title``,
         ``report_html``, ``report_json``, ``summary_json`` (absolute paths).
@@ -343,7 +378,18 @@ def compute_drift(
         return value
 
     scores = {col: _score(col) for col in features}
-    drifted = sorted(c for c, s in scores.items() if s is not None and s >= policy.threshold)
+    unseen = unseen_categories(reference, current, categorical, policy.unseen_category_floor)
+    # The answer first: the most drifted column leads (ties by name). A new category above the floor
+    # drifts its column even when it is too rare to move the score past the threshold.
+    drifted = sorted(
+        (c for c, s in scores.items() if (s is not None and s >= policy.threshold) or c in unseen),
+        key=lambda c: (-(scores[c] or 0.0), c),
+    )
+    # A column with no value on a side cannot be judged: a data-quality finding, said as such.
+    null_columns = {
+        side: [c for c in features if len(frame) and bool(frame[c].isna().all())]
+        for side, frame in (("current", current), ("reference", reference))
+    }
     prediction_drift = None
     if with_prediction:
         value = _score(PREDICTION_COLUMN)
@@ -357,6 +403,8 @@ def compute_drift(
         "title": title,
         "drifted_columns": drifted,
         "scores": scores,
+        "null_columns": null_columns,
+        "unseen_categories": unseen,
         "threshold": policy.threshold,
         "num_method": policy.num_method,
         "cat_method": policy.cat_method,

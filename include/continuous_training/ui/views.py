@@ -52,8 +52,9 @@ def drift_runs(lake: Lake) -> list[dict[str, Any]]:
     """Every monitor run's drift verdict, newest first.
 
     Returns:
-        ``{"run_key", "at" (the summary's time), "title", "drifted_columns", "share_drifted",
-        "threshold", "scores" (column -> score), "rows_current", "rows_reference", "has_report"}``.
+        ``{"run_key", "at" (the summary's time), "title", "drifted_columns" (highest score first),
+        "share_drifted", "threshold", "scores" (column -> score), "null_columns", "unseen_categories",
+        "rows_current", "rows_reference", "has_report"}``.
     """
 
     base = lake.drift_reports()
@@ -83,6 +84,8 @@ def _drift_summary(folder: Path) -> dict[str, Any] | None:
         "share_drifted": data.get("share_drifted"),
         "threshold": data.get("threshold"),
         "scores": dict(data.get("scores") or {}),
+        "null_columns": dict(data.get("null_columns") or {}),
+        "unseen_categories": dict(data.get("unseen_categories") or {}),
         "rows_current": data.get("rows_current"),
         "rows_reference": data.get("rows_reference"),
         "has_report": (folder / REPORT_HTML).is_file(),
@@ -115,9 +118,18 @@ def drift_run(lake: Lake, run_key: str) -> dict[str, Any] | None:
     if run is None:
         return None
     threshold = run["threshold"]
+    empty = set(run["null_columns"].get("current") or []) | set(run["null_columns"].get("reference") or [])
     run["columns"] = [
-        {"column": c, "score": s, "drifted": c in run["drifted_columns"], "threshold": threshold}
-        for c, s in sorted(run["scores"].items(), key=lambda item: item[1], reverse=True)
+        {
+            "column": c,
+            "score": s,
+            "drifted": c in run["drifted_columns"],
+            "threshold": threshold,
+            "unseen": run["unseen_categories"].get(c, []),
+            "empty": c in empty,
+        }
+        # Highest score first; a column that could not be scored last.
+        for c, s in sorted(run["scores"].items(), key=lambda item: (item[1] is None, -(item[1] or 0.0)))
     ]
     return run
 

@@ -134,7 +134,7 @@ def control_result(
 def test_drifted_window_flags_exactly_the_injected_columns(
     drifted_result: dict, contract: DatasetContract
 ) -> None:
-    assert drifted_result["drifted_columns"] == INJECTED
+    assert sorted(drifted_result["drifted_columns"]) == INJECTED
     assert set(drifted_result["scores"]) == set(contract.feature_names)
     for col, score in drifted_result["scores"].items():
         # Clear margins on both sides of the threshold, not a coin toss.
@@ -145,6 +145,85 @@ def test_drifted_window_flags_exactly_the_injected_columns(
     assert drifted_result["share_drifted"] == pytest.approx(len(INJECTED) / len(contract.feature_names))
     assert (drifted_result["num_method"], drifted_result["cat_method"]) == ("wasserstein", "jensenshannon")
     assert drifted_result["rows_reference"] == drifted_result["rows_current"] == 5000
+
+
+def test_the_most_drifted_column_leads_and_the_mail_subject_stays_short(drifted_result: dict) -> None:
+    from continuous_training.alerts.mail import drift_mail
+
+    scores = drifted_result["scores"]
+    ranked = drifted_result["drifted_columns"]
+    assert [scores[c] for c in ranked] == sorted((scores[c] for c in ranked), reverse=True)
+    mail = drift_mail(
+        drift={
+            **drifted_result,
+            "model_name": "m",
+            "model_version": "3",
+            "window_start": "a",
+            "window_end": "b",
+        },
+        monitor_run_id="run",
+        run_url="http://x/run",
+        page_url="http://x/drift/run",
+    )
+    # Four drifted columns: the top three by score, then a count; the table lists all four in order.
+    assert mail.subject == f"Drift in {', '.join(ranked[:3])} and 1 more (m v3)"
+    table = mail.html.split("<h3>", 1)[0]
+    assert [table.index(f">{c}<") for c in ranked] == sorted(table.index(f">{c}<") for c in ranked)
+    assert "Data quality" not in mail.html
+
+
+def test_a_column_with_no_value_is_a_finding_not_a_silent_gap(
+    contract: DatasetContract, tmp_path: Path
+) -> None:
+    from continuous_training.alerts.mail import drift_mail
+
+    reference, current = _reference(contract, n=400), _served(contract, seed=4, drifted=True, n=400)
+    column = next(c for c in contract.numeric_features if c not in INJECTED)
+    current[column] = np.nan
+    result = compute_drift(reference, current, contract=contract, policy=POLICY, report_dir=tmp_path)
+    assert result["null_columns"] == {"current": [column], "reference": []}
+    assert result["scores"][column] is None
+    assert column not in result["drifted_columns"]
+    assert result["drifted_columns"], "the injected drift is still found"
+    mail = drift_mail(
+        drift={**result, "model_name": "m", "model_version": "1", "window_start": "a", "window_end": "b"},
+        monitor_run_id="run",
+        run_url="http://x/run",
+        page_url="http://x/drift/run",
+    )
+    assert f"{column}: no value at all in the served window (not judged)" in mail.html
+
+
+@pytest.mark.parametrize(("share", "drifts"), [(0.02, True), (0.005, False)])
+def test_a_new_category_above_the_floor_drifts_its_column_and_is_named(
+    contract: DatasetContract, tmp_path: Path, share: float, drifts: bool
+) -> None:
+    from continuous_training.alerts.mail import drift_mail
+
+    reference, current = _reference(contract, n=4000), _served(contract, seed=5, drifted=False, n=4000)
+    column = next(c for c in contract.categorical_features if c not in INJECTED)
+    rows = int(share * len(current))
+    values = current[column].astype(object).to_numpy()
+    values[:rows] = "crypto_kiosk"
+    current[column] = values
+    result = compute_drift(reference, current, contract=contract, policy=POLICY, report_dir=tmp_path)
+    # Too rare to move the score past the threshold either way: the floor decides.
+    assert result["scores"][column] < POLICY.threshold
+    if drifts:
+        assert result["unseen_categories"] == {
+            column: [{"value": "crypto_kiosk", "rows": rows, "share": share}]
+        }
+        assert result["drifted_columns"] == [column]
+        mail = drift_mail(
+            drift={**result, "model_name": "m", "model_version": "1", "window_start": "a", "window_end": "b"},
+            monitor_run_id="run",
+            run_url="http://x/run",
+            page_url="http://x/drift/run",
+        )
+        assert "new category &#x27;crypto_kiosk&#x27; on 2.0% of rows" in mail.html
+    else:
+        assert result["unseen_categories"] == {}
+        assert result["drifted_columns"] == []
 
 
 def test_prediction_drift_is_reported_but_not_counted(drifted_result: dict) -> None:
@@ -274,7 +353,8 @@ def test_parquet_paths_are_read_with_categories(contract: DatasetContract, tmp_p
         reference, current, contract=contract, policy=POLICY, report_dir=tmp_path / "frames"
     )
     assert from_files["scores"] == pytest.approx(from_frames["scores"], rel=1e-12)
-    assert from_files["drifted_columns"] == from_frames["drifted_columns"] == INJECTED
+    assert from_files["drifted_columns"] == from_frames["drifted_columns"]
+    assert sorted(from_files["drifted_columns"]) == INJECTED
 
 
 def test_simulated_covariate_shift_is_found_exactly(contract: DatasetContract, tmp_path: Path) -> None:
@@ -283,7 +363,7 @@ def test_simulated_covariate_shift_is_found_exactly(contract: DatasetContract, t
     reference = generate_day(date(2026, 3, 2), config, contract)  # a Monday before the shift
     current = generate_day(date(2026, 3, 4), config, contract)  # the Wednesday it starts
     result = compute_drift(reference, current, contract=contract, policy=POLICY, report_dir=tmp_path)
-    assert result["drifted_columns"] == sorted(DRIFT_COLUMNS)
+    assert sorted(result["drifted_columns"]) == sorted(DRIFT_COLUMNS)
 
 
 def test_missing_feature_columns_are_named(contract: DatasetContract, tmp_path: Path) -> None:

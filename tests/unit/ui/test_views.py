@@ -79,6 +79,30 @@ def test_a_drift_run_lists_its_columns_by_score(lake: Lake) -> None:
     assert views.drift_run(lake, "no-such-run") is None
 
 
+def test_a_column_without_a_score_is_listed_last_and_new_categories_are_shown(tmp_path: Path) -> None:
+    from continuous_training.lake import write_json_atomic
+
+    lake = Lake(tmp_path / "lake")
+    folder = lake.drift_report_dir("monitor__gaps")
+    folder.mkdir(parents=True)
+    write_json_atomic(
+        folder / "summary.json",
+        {
+            "drifted_columns": ["home_ownership", "income"],
+            "scores": {"age": 0.01, "income": 0.4, "employment_years": None, "home_ownership": 0.03},
+            "threshold": 0.1,
+            "null_columns": {"current": ["employment_years"], "reference": []},
+            "unseen_categories": {"home_ownership": [{"value": "boat", "rows": 40, "share": 0.02}]},
+        },
+    )
+    run = views.drift_run(lake, "monitor__gaps")
+    assert [c["column"] for c in run["columns"]] == ["income", "home_ownership", "age", "employment_years"]
+    gap = run["columns"][-1]
+    assert gap["empty"]
+    assert not gap["drifted"]
+    assert run["columns"][1]["unseen"] == [{"value": "boat", "rows": 40, "share": 0.02}]
+
+
 def test_the_report_is_served_only_for_a_folder_the_lake_made(lake: Lake) -> None:
     path = views.drift_report_file(lake, "monitor__drift")
     assert path is not None
