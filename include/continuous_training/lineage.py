@@ -7,9 +7,11 @@ version and the gate verdict (DESIGN's "contracts between stages").
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from continuous_training.settings import load_settings
 
@@ -89,3 +91,17 @@ def git_commit() -> str:
         log.info("No git commit available (%s): recording 'unknown'", exc)
         return UNKNOWN
     return out.stdout.strip() or UNKNOWN
+
+
+def json_tag(tags: Mapping[str, str], key: str) -> dict[str, Any] | None:
+    """The mapping a JSON tag holds (a verdict, a decision, a move): None when the tag is absent or
+    empty, ``{"unreadable": <the first 200 characters>}`` when it is not a JSON object, so that a
+    reader shows it instead of failing."""
+    raw = tags.get(key)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"unreadable": raw[:200]}
+    return value if isinstance(value, dict) else {"unreadable": raw[:200]}

@@ -35,6 +35,7 @@ from continuous_training.lineage import (
     TAG_GATE_VERDICT,
     TAG_REASON,
     TAG_SHADOW_VERDICT,
+    json_tag,
 )
 from continuous_training.model import ledger
 from continuous_training.modelstore import alias_version, client, load_model_version, trusted_version
@@ -171,9 +172,9 @@ def gate_record(tags: Mapping[str, str]) -> dict[str, Any]:
     """What a version's tags say of its checks, for the ledger: the gate verdict and metrics, the
     approval decision and the shadow verdict (each None when not recorded)."""
     return {
-        "verdict": _json_tag(tags, TAG_GATE_VERDICT),
-        "approval": _json_tag(tags, TAG_APPROVAL),
-        "shadow": _json_tag(tags, TAG_SHADOW_VERDICT),
+        "verdict": json_tag(tags, TAG_GATE_VERDICT),
+        "approval": json_tag(tags, TAG_APPROVAL),
+        "shadow": json_tag(tags, TAG_SHADOW_VERDICT),
     }
 
 
@@ -225,7 +226,7 @@ def move_champion(
     mlflow_client = client()
     current = alias_version(mlflow_client, name, CHAMPION)
     tags = mlflow_client.get_model_version(name, version).tags or {}
-    move = _json_tag(tags, TAG_CHAMPION_MOVE)
+    move = json_tag(tags, TAG_CHAMPION_MOVE)
 
     if current == version and move is not None and move.get("confirmed"):
         try:
@@ -411,17 +412,6 @@ def _moved(
         "served_after_s": round(served_after, 2),
         "ledger": entry["key"],
     }
-
-
-def _json_tag(tags: Mapping[str, str], key: str) -> dict[str, Any] | None:
-    raw = tags.get(key)
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {"unreadable": raw}
-    return value if isinstance(value, dict) else {"value": value}
 
 
 def check_gated_against(name: str, version: str, gated_against: str | None, current: str | None) -> None:

@@ -14,12 +14,11 @@ Both go through the same three steps, each safe to repeat:
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from continuous_training.lake import Lake
-from continuous_training.lineage import CHAMPION, TAG_APPROVAL, TAG_SHADOW_VERDICT
+from continuous_training.lineage import CHAMPION, TAG_APPROVAL, TAG_SHADOW_VERDICT, json_tag
 from continuous_training.model import ledger
 from continuous_training.model.deploy import DeployError, check_provenance, smoke_test
 from continuous_training.modelstore import alias_version, client, load_reference_sample
@@ -43,10 +42,10 @@ def failed_checks(lake: Lake, name: str, version: str) -> list[str]:
     version = str(version)
     tags = client().get_model_version(name, version).tags or {}
     found = []
-    approval = _json(tags.get(TAG_APPROVAL))
+    approval = json_tag(tags, TAG_APPROVAL)
     if approval and approval.get("decision") == "rejected":
         found.append(f"its approval was rejected ({approval.get('by')}, {approval.get('at')})")
-    shadow = _json(tags.get(TAG_SHADOW_VERDICT))
+    shadow = json_tag(tags, TAG_SHADOW_VERDICT)
     if shadow and shadow.get("passed") is False:
         found.append(f"its shadow verdict failed: {'; '.join(shadow.get('reasons') or [])}")
     named = bool(found)  # a blocked record repeats the shadow verdict or the rejection named above
@@ -133,13 +132,3 @@ def check_target(name: str, version: str | int) -> dict[str, Any]:
     provenance = check_provenance(name, version)
     sample = load_reference_sample(name, version).head(SMOKE_ROWS)
     return {"provenance": provenance, "smoke_test": smoke_test(name, version, sample)}
-
-
-def _json(raw: str | None) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None

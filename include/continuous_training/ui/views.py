@@ -383,6 +383,7 @@ def models(settings: Settings, lake: Lake) -> dict[str, Any]:
         TAG_SHADOW_VERDICT,
         TAG_TRAINING_SET,
         TAG_WATCH_VERDICT,
+        json_tag,
     )
     from continuous_training.model.ledger import champion_since, read_ledger
     from continuous_training.modelstore import alias_version, client
@@ -411,9 +412,9 @@ def models(settings: Settings, lake: Lake) -> dict[str, Any]:
                 "metric_value": (verdict or {}).get("challenger_value"),
                 "champion": str(mv.version) == str(champion_now),
                 "challenger": str(mv.version) == str(challenger_now) and challenger_now != champion_now,
-                "approval": _json_tag(tags.get(TAG_APPROVAL)),
-                "shadow": _json_tag(tags.get(TAG_SHADOW_VERDICT)),
-                "watch": _json_tag(tags.get(TAG_WATCH_VERDICT)),
+                "approval": json_tag(tags, TAG_APPROVAL),
+                "shadow": json_tag(tags, TAG_SHADOW_VERDICT),
+                "watch": json_tag(tags, TAG_WATCH_VERDICT),
             }
         )
     versions.sort(key=lambda v: int(v["version"]), reverse=True)
@@ -427,17 +428,6 @@ def models(settings: Settings, lake: Lake) -> dict[str, Any]:
         "ledger": list(reversed(entries)),
         "since": champion_since(entries, champion_now),
     }
-
-
-def _json_tag(raw: str | None) -> dict[str, Any] | None:
-    """A JSON tag's mapping; an unreadable one says so rather than failing the page."""
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {"unreadable": raw[:200]}
-    return value if isinstance(value, dict) else {"unreadable": raw[:200]}
 
 
 #: What an MLflow run id looks like; anything else is not looked up.
