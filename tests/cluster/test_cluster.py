@@ -60,7 +60,9 @@ def test_the_demo_loop_runs_every_task_on_a_celery_worker(cluster_stack):
     assert sum("Bad data" in s for s in subjects) == 1
     drift = [s for s in subjects if "Drift in" in s]
     assert len(drift) == 1
-    assert all(column in drift[0] for column in DRIFT_COLUMNS)
+    # The three most drifted columns by name, the rest counted.
+    assert sum(column in drift[0] for column in DRIFT_COLUMNS) == 3
+    assert f"and {len(DRIFT_COLUMNS) - 3} more" in drift[0]
 
     with cluster_stack.airflow() as client:
         executed = [
