@@ -333,11 +333,16 @@ def load_policy(config_dir: Path | None = None) -> Policy:
             raise ConfigError(
                 f"{path}: serving.{name}: expected a positive integer, got {getattr(serving, name)!r}"
             )
+    _check_drift(built["drift"], f"{path}: drift")
     _check_release(built["release"], f"{path}: release")
-    floor = built["drift"].unseen_category_floor
-    if not 0 < floor <= 1:
-        raise ConfigError(f"{path}: drift.unseen_category_floor: expected a share in (0, 1], got {floor!r}")
     return Policy(**built)
+
+
+def _check_drift(drift: DriftPolicy, where: str) -> None:
+    if not 0 < drift.unseen_category_floor <= 1:
+        raise ConfigError(
+            f"{where}.unseen_category_floor: expected a share in (0, 1], got {drift.unseen_category_floor!r}"
+        )
 
 
 def _check_release(release: ReleasePolicy, where: str) -> None:

@@ -400,6 +400,21 @@ POLICY_ERROR_CASES = [
         id="release-watch-day",
     ),
     pytest.param(
+        "release: {shadow_max_wait_minutes: 1500}\n",
+        ": release.shadow_max_wait_minutes: expected at most 1440 (a day), got 1500",
+        id="release-shadow-day",
+    ),
+    pytest.param(
+        "release: {shadow: true, shadow_share: 0}\n",
+        ": release.shadow: the shadow stage waits for shadow-scored rows, but shadow_share is 0",
+        id="release-shadow-without-share",
+    ),
+    pytest.param(
+        "drift: {unseen_category_floor: 0}\n",
+        ": drift.unseen_category_floor: expected a share in (0, 1], got 0",
+        id="drift-unseen-floor",
+    ),
+    pytest.param(
         "release: {shadow_min_rows: 10.5}\n",
         ": release.shadow_min_rows: expected a whole number, got 10.5",
         id="release-whole",
