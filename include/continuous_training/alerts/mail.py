@@ -191,7 +191,7 @@ def drift_mail(*, drift: Mapping[str, Any], monitor_run_id: str, run_url: str, p
     """
     scores = drift["scores"]
     unseen = drift.get("unseen_categories") or {}
-    ranked = sorted(drift["drifted_columns"], key=lambda c: (-(scores[c] or 0.0), c))
+    ranked = list(drift["drifted_columns"])  # most drifted first (compute_drift's order)
     rows = [
         (
             c,
