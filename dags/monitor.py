@@ -7,17 +7,23 @@ compares their inputs with the champion's reference sample (kept with the model 
 drawn from a sample of at most 20,000 rows per side) and `summary.json` with every column's score,
 computed over all served rows.
 
+Every run **decides** and puts the decision on the record (`$CT_LAKE/decisions/monitor/<run>.json`,
+shown on the Drift page and returned by `decide`): *undecided* (too few rows), *no_drift*,
+*below_min_columns*, *waiting* (fewer than `drift.windows_drifted` of the last
+`drift.windows_considered` judged windows drifted), *cooldown* (a drift-triggered retraining ran within
+`drift.cooldown_hours`), *no_new_data* (the training set would be the champion's own) or *triggered*.
+
 When drift is found (per-column normed Wasserstein / Jensen–Shannon at the thresholds of
 `include/config/policy.yaml`, `drift:`):
-* on-call gets a mail naming the drifted columns, with the report's path;
-* the `train` DAG is triggered with the reason, the drifted columns and the report in its conf, unless a
-  drift-triggered retraining already ran within the cooldown (`drift.cooldown_hours`).
+* on-call gets a mail naming the drifted columns (most drifted first), the report and the decision;
+* on *triggered*, the `train` DAG runs with the reason, the drifted columns and the report in its conf,
+  and mails the outcome (new champion, gate blocked, or why it did not train) when it ends.
 
 ## Running it
 * **Scheduled** daily at 06:00 UTC over the last `drift.window_hours` hours.
 * **Manually** with an explicit window (*window start* / *window end*, ISO 8601) or *window hours*.
 
-A window with fewer served rows than `drift.min_rows` is skipped, not judged. Re-running a run sends no
+A window with fewer served rows than `drift.min_rows` is not judged (decision *undecided*). Re-running a run sends no
 second mail and triggers no second training run (the trigger's run id is derived from this run's id).
 """
 
@@ -74,11 +80,11 @@ def monitor() -> None:
         return steps.collect_served(params or {}, dag_run)
 
     @task.short_circuit(execution_timeout=task_timeout("monitor", "enough_rows"))
-    def enough_rows(collected: dict[str, Any]) -> bool:
-        """Too few served rows are not judged (the log says how many)."""
+    def enough_rows(collected: dict[str, Any], run_id: str | None = None, dag_run: Any = None) -> bool:
+        """Too few served rows are not judged: the run's decision record says `undecided`."""
         from continuous_training.adapter import steps
 
-        return steps.enough_rows(collected)
+        return steps.enough_rows(collected, run_id or "manual", getattr(dag_run, "run_after", None))
 
     @task(execution_timeout=task_timeout("monitor", "compute_drift"))
     def compute_drift(collected: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
@@ -87,33 +93,33 @@ def monitor() -> None:
 
         return steps.compute_drift(collected, run_id or "manual")
 
-    @task.short_circuit(execution_timeout=task_timeout("monitor", "drift_found"))
-    def drift_found(drift: dict[str, Any]) -> bool:
-        """Stop here when no column drifted."""
-        return bool(drift["drifted_columns"])
+    @task(execution_timeout=task_timeout("monitor", "decide"))
+    def decide(drift: dict[str, Any], run_id: str | None = None, dag_run: Any = None) -> dict[str, Any]:
+        """Retrain or not, and why (policy, N-of-M windows, cooldown, new data): the run's decision record."""
+        from continuous_training.adapter import steps
+
+        return steps.decide(drift, run_id or "manual", getattr(dag_run, "run_after", None))
 
     @task(execution_timeout=task_timeout("monitor", "alert_on_call"))
-    def alert_on_call(drift: dict[str, Any], run_id: str | None = None) -> bool:
-        """Mail on-call the drifted columns and the report (once per run)."""
+    def alert_on_call(drift: dict[str, Any], decision: dict[str, Any], run_id: str | None = None) -> bool:
+        """Mail on-call the drifted columns, the report and the decision (once per run); skipped without drift."""
         from continuous_training.adapter import steps
 
-        return steps.alert_drift(drift, run_id or "manual")
+        return steps.alert_drift(drift, decision, run_id or "manual")
 
     @task.short_circuit(execution_timeout=task_timeout("monitor", "retrain_due"))
-    def retrain_due(
-        drift: dict[str, Any], run_id: str | None = None, dag_run: Any = None
-    ) -> dict[str, Any] | None:
-        """Policy and cooldown: returns the conf for the train DAG, or nothing to skip the trigger."""
+    def retrain_due(decision: dict[str, Any]) -> dict[str, Any] | None:
+        """The conf for the train DAG when the decision triggers it, or nothing to skip the trigger."""
         from continuous_training.adapter import steps
 
-        return steps.retrain_due(drift, run_id or "manual", getattr(dag_run, "run_after", None))
+        return steps.retrain_due(decision)
 
     collected = collect_served()
     drift = compute_drift(collected)
     enough_rows(collected) >> drift
-    found = drift_found(drift)
-    due = retrain_due(drift)
-    found >> [alert_on_call(drift), due]
+    decision = decide(drift)
+    alert_on_call(drift, decision)
+    due = retrain_due(decision)
     due >> TriggerDagRunOperator(
         task_id="trigger_train",
         trigger_dag_id="train",

@@ -16,6 +16,7 @@ champion **on the same holdout**, and promotes it only if it passes the gate.
 | `approve` | when `gate.require_approval` is true: a person approves or rejects the version (the UI's *Required Actions*, on-call is mailed); unanswered after `gate.approval_timeout_hours` it is rejected. Otherwise it approves at once |
 | `deploy` | smoke test, move alias `champion`, wait until the endpoint serves it; restores the previous champion if not |
 | `notify_gate_blocked` | mails on-call why the challenger was refused |
+| `report_outcome` | for a run the monitor triggered, after everything else: what it came to (new champion, gate blocked, stopped before deploy, not trained and why, failed) goes on the monitor run's decision record and in one mail to on-call |
 
 A confirmed deploy emits the **champion_promoted** Asset: the `watch` DAG then watches the new champion
 on live traffic and rolls it back on a breach.
@@ -89,6 +90,12 @@ from continuous_training.adapter.release import ShadowChallenger
             title="Drifted columns",
             description="Set by the monitor DAG: the columns found drifting. Leave empty.",
         ),
+        "monitor_run_id": Param(
+            None,
+            type=["null", "string"],
+            title="Monitor run",
+            description="Set by the monitor DAG: the run that decided this retraining. Leave empty.",
+        ),
     },
 )
 def train() -> None:
@@ -101,18 +108,23 @@ def train() -> None:
 
     @task.short_circuit(execution_timeout=task_timeout("train", "should_train"))
     def should_train(
-        training_set: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None
+        training_set: dict[str, Any],
+        params: dict[str, Any] | None = None,
+        dag_run: Any = None,
+        ti: Any = None,
     ) -> bool:
-        """Skip the rest when there is nothing new to learn (the reason is in the log)."""
+        """Skip the rest when there is nothing new to learn (the reason is in XCom `decision` and the log)."""
         from continuous_training.adapter import steps
 
-        return steps.should_train(
+        decision = steps.should_train(
             training_set,
             steps.run_reason(params, dag_run),
             bool((params or {}).get("force")),
             params,
             getattr(dag_run, "run_id", None),
         )
+        ti.xcom_push(key="decision", value=decision)
+        return bool(decision["train"])
 
     # One training at a time across DAG runs (and, in the cluster, workers): the pool has one slot, and
     # only the workers that listen on the training queue take it.
@@ -169,6 +181,18 @@ def train() -> None:
 
         return steps.notify_gate_blocked(evaluation["run_id"], steps.lineage(dag_run))
 
+    # Runs after everything else, whatever happened (a teardown: it does not change the run's state, so a
+    # failed deploy still fails the run): what a monitor-triggered retraining came to, on the monitor
+    # run's record and in one mail.
+    @task(execution_timeout=task_timeout("train", "report_outcome"))
+    def report_outcome(
+        params: dict[str, Any] | None = None, dag_run: Any = None, ti: Any = None
+    ) -> dict[str, Any]:
+        """For a run the monitor triggered: its outcome (new champion, gate blocked, not trained and why)."""
+        from continuous_training.adapter import steps
+
+        return steps.report_outcome(params or {}, dag_run, ti)
+
     # A person's approval between registration and deployment, when policy.yaml says so
     # (gate.require_approval); otherwise it approves at once. Rejected or unanswered: deploy is skipped.
     approve = PolicyApproval(
@@ -191,8 +215,11 @@ def train() -> None:
     should_train(training_set) >> trained
     evaluation = evaluate(trained)
     registered = register(evaluation)
-    gate(evaluation) >> [registered, notify_gate_blocked(evaluation)]
-    registered >> shadow >> approve >> deploy(registered)
+    blocked = notify_gate_blocked(evaluation)
+    gate(evaluation) >> [registered, blocked]
+    deployed = deploy(registered)
+    registered >> shadow >> approve >> deployed
+    [deployed, blocked] >> report_outcome().as_teardown()
 
 
 train()

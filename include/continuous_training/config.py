@@ -122,6 +122,10 @@ class DriftPolicy:
     window_hours: float = 24
     cooldown_hours: float = 6
     unseen_category_floor: float = 0.01
+    #: Retrain when at least ``windows_drifted`` of the last ``windows_considered`` judged windows of the
+    #: champion drifted (each with at least ``min_drifted_columns`` drifted columns).
+    windows_drifted: int = 1
+    windows_considered: int = 1
 
 
 @dataclass(frozen=True)
@@ -342,6 +346,15 @@ def _check_drift(drift: DriftPolicy, where: str) -> None:
     if not 0 < drift.unseen_category_floor <= 1:
         raise ConfigError(
             f"{where}.unseen_category_floor: expected a share in (0, 1], got {drift.unseen_category_floor!r}"
+        )
+    for name in ("min_drifted_columns", "windows_drifted", "windows_considered"):
+        value = getattr(drift, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}.{name}: expected a whole number >= 1, got {value!r}")
+    if drift.windows_drifted > drift.windows_considered:
+        raise ConfigError(
+            f"{where}.windows_drifted: {drift.windows_drifted} drifted windows can never be found among the "
+            f"last windows_considered={drift.windows_considered}; expected windows_drifted <= windows_considered"
         )
 
 

@@ -13,6 +13,7 @@ Layout under the lake root (``CT_LAKE``, default ``$CT_HOME/lake``)::
     training_sets/by_run/<run>.json             the snapshot a train DAG run chose (pinned for re-runs)
     monitoring/<run>/{current,reference}.parquet  what a monitor run judged: the served window and the reference
     monitoring/retrain_triggers.json            ledger of drift-triggered retrainings (the cooldown)
+    decisions/monitor/<run>.json                each monitor run's retrain decision, and the outcome it led to
     reports/drift/<run>/                        drift reports (HTML + JSON)
     alerts/<event>.json                         ledger of alert mails already sent (one mail per event)
     registry/<model>/ledger/<move>.json  the deployment ledger: every move of the champion alias
@@ -112,6 +113,14 @@ class Lake:
     def retrain_ledger(self) -> Path:
         """The ledger of drift-triggered retrainings (enforces the cooldown)."""
         return self.root / "monitoring" / "retrain_triggers.json"
+
+    def monitor_decision(self, monitor_run_id: str) -> Path:
+        """The retrain decision of one monitor run (and, once known, the outcome of what it triggered)."""
+        return self.monitor_decisions() / f"{safe_name(monitor_run_id)}.json"
+
+    def monitor_decisions(self) -> Path:
+        """The folder of every monitor run's decision record."""
+        return self.root / "decisions" / "monitor"
 
     def drift_report_dir(self, run_key: str) -> Path:
         return self.drift_reports() / safe_name(run_key)

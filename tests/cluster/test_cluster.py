@@ -63,6 +63,12 @@ def test_the_demo_loop_runs_every_task_on_a_celery_worker(cluster_stack):
     # The three most drifted columns by name, the rest counted.
     assert sum(column in drift[0] for column in DRIFT_COLUMNS) == 3
     assert f"and {len(DRIFT_COLUMNS) - 3} more" in drift[0]
+    assert drift[0].endswith(": retraining")
+    # The retraining it triggered closes it with one mail: the new champion.
+    (closing,) = [
+        s for s in subjects if s.startswith("[ct] Retraining after monitor run demo__monitor__drift")
+    ]
+    assert closing.endswith(f": new champion v{summary['champion_after']}")
 
     with cluster_stack.airflow() as client:
         executed = [

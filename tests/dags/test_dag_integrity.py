@@ -32,14 +32,15 @@ EXPECTED_GRAPH = {
         "register": {"shadow", "deploy"},
         "shadow": {"approve"},
         "approve": {"deploy"},
-        "deploy": set(),
-        "notify_gate_blocked": set(),
+        "deploy": {"report_outcome"},
+        "notify_gate_blocked": {"report_outcome"},
+        "report_outcome": set(),
     },
     "monitor": {
         "collect_served": {"enough_rows", "compute_drift"},
         "enough_rows": {"compute_drift"},
-        "compute_drift": {"drift_found", "alert_on_call", "retrain_due"},
-        "drift_found": {"alert_on_call", "retrain_due"},
+        "compute_drift": {"decide", "alert_on_call"},
+        "decide": {"alert_on_call", "retrain_due"},
         "alert_on_call": set(),
         "retrain_due": {"trigger_train"},
         "trigger_train": set(),
@@ -167,7 +168,14 @@ print(json.dumps(caught))
 
 def test_train_params_form(dagbag):
     params = dagbag.dags["train"].params
-    assert set(params.keys()) == {"reason", "window_days", "force", "drift_report", "drifted_columns"}
+    assert set(params.keys()) == {
+        "reason",
+        "window_days",
+        "force",
+        "drift_report",
+        "drifted_columns",
+        "monitor_run_id",
+    }
     assert params.get_param("force").schema["type"] == "boolean"
     assert params.get_param("window_days").schema["type"] == ["null", "integer"]
     assert params["reason"] == "manual"

@@ -318,21 +318,41 @@ def test_gate_blocks_a_challenger_below_the_floor_and_mails(loop, first_champion
     assert client().get_run(link.group(2)).info.experiment_id == link.group(1)
 
 
-def test_monitor_finds_drift_mails_and_triggers_train(loop, first_champion):
+def test_monitor_finds_drift_mails_and_triggers_train(loop, first_champion, tmp_path, monkeypatch):
+    """Drift with no new data is on the record and mailed as not retraining; with a new validated day the
+    same window triggers train, whose outcome is mailed and joins the record.
+
+    The new day goes to this test's own copy of the lake, so that the shared lake keeps the champion's
+    training set as the current one for the other tests.
+    """
+    from continuous_training.monitoring.retrain import read_decision
+
     window_start = datetime.now(UTC).isoformat()
     sent = send_traffic(loop["endpoint"], client_requests(DRIFT_DAY, SIM))
     assert sent["failed_requests"] == 0
     assert sent["rows"] >= load_policy().drift.min_rows
     wait_until_logged(sent["rows"], datetime.fromisoformat(window_start))
-    state, tasks = run_dag(loop, "monitor", {"window_start": window_start})
+    window_end = datetime.now(UTC).isoformat()
+    window = {"window_start": window_start, "window_end": window_end}
+
+    # 1. Nothing validated since the champion was trained: a retraining would learn nothing, and says so.
+    state, tasks = run_dag(loop, "monitor", window)
     assert state == "success", tasks
-    assert tasks["drift_found"] == "success"
     assert tasks["alert_on_call"] == "success"
-    assert tasks["trigger_train"] == "success"
+    assert tasks["retrain_due"] == "success"
+    assert tasks["trigger_train"] == "skipped"
+    held = read_decision(loop["lake"], tasks["__run_id__"])
+    assert held["decision"] == "no_new_data"
+    assert held["drifted"] is True
+    assert held["train_run_id"] is None
+    assert "no validated day arrived since champion v" in held["why"]
+    assert sorted(held["drifted_columns"]) == sorted(DRIFT_COLUMNS)
+    (alert,) = mails(loop, "Drift in")
+    assert alert["Subject"].endswith(": not retraining (no_new_data)")
+    assert "Not retraining: no new data to learn from" in body(alert)
 
     reports = list((loop["lake"].root / "reports" / "drift").glob("*/drift_report.html"))
     assert len(reports) == 1
-    (alert,) = mails(loop, "Drift in")
     # The mail links the run's Drift page and its report at the public URL, never a file on the server.
     page = links.ui_url(load_settings().public_url, "drift", reports[0].parent.name)
     assert f'href="{page}"' in body(alert)
@@ -344,17 +364,50 @@ def test_monitor_finds_drift_mails_and_triggers_train(loop, first_champion):
     for column in DRIFT_COLUMNS:
         assert column in body(alert)
 
+    # 2. A new validated day (in this test's copy of the lake): the same window triggers train.
+    own = Lake(tmp_path / "lake")
+    shutil.copytree(loop["lake"].root, own.root, ignore=shutil.ignore_patterns(".*"))  # no temp files
+    monkeypatch.setenv("CT_LAKE", str(own.root))
+    _ingest_directly(own, DAYS[7])
+    state, tasks = run_dag(loop, "monitor", window)
+    assert state == "success", tasks
+    assert tasks["trigger_train"] == "success"
+    monitor_run = tasks["__run_id__"]
+    decided = read_decision(own, monitor_run)
+    assert decided["decision"] == "triggered"
+    assert decided["train_run_id"] == f"drift__{monitor_run}"
+    report = own.drift_report_dir(monitor_run) / "drift_report.html"
+    alert = next(m for m in mails(loop, "Drift in") if m["Subject"].endswith(": retraining"))
+    assert f"drift__{monitor_run}" in body(alert)
+
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
         triggered = session.scalars(
-            select(DagRun).where(DagRun.dag_id == "train", DagRun.run_id == f"drift__{tasks['__run_id__']}")
+            select(DagRun).where(DagRun.dag_id == "train", DagRun.run_id == f"drift__{monitor_run}")
         ).one()
-        assert triggered.conf["reason"].startswith("drift")
-        assert sorted(triggered.conf["drifted_columns"]) == sorted(DRIFT_COLUMNS)
-        assert triggered.conf["drift_report"] == str(reports[0])
+        conf = dict(triggered.conf)
+    assert conf["reason"].startswith("drift")
+    assert sorted(conf["drifted_columns"]) == sorted(DRIFT_COLUMNS)
+    assert conf["drift_report"] == str(report)
+    assert conf["monitor_run_id"] == monitor_run
+
+    # 3. Its outcome. Run here with the same conf under another run id (the monitor's own run would train
+    # a new champion for every later test), the train run is held by the cooldown the monitor's trigger
+    # started: not trained, and why, on the monitor run's record and in one mail.
+    state, tasks = run_dag(loop, "train", conf)
+    assert state == "success", tasks
+    assert tasks["train_challenger"] == "skipped"
+    assert tasks["report_outcome"] == "success"
+    outcome = read_decision(own, monitor_run)["outcome"]
+    assert outcome["outcome"] == "not_trained"
+    assert "in cooldown until" in outcome["why"]
+    assert outcome["train_run_id"] == tasks["__run_id__"]
+    (closing,) = mails(loop, f"Retraining after monitor run {monitor_run}")
+    assert closing["Subject"].endswith(": not trained")
+    assert "in cooldown until" in body(closing)
 
 
 def test_task_failure_mails_on_call_with_the_error(loop):

@@ -464,11 +464,14 @@ def make_challenger(release, version: str) -> None:
     release["client"].set_registered_model_alias(MODEL, "challenger", version)
 
     def shadowing() -> bool:
-        with httpx.Client(timeout=5) as http:
-            return all(
-                http.get(f"{release['url']}/health").json().get("challenger_version") == version
-                for _ in range(8)
-            )
+        # A new connection per call: one kept-alive connection would ask the same worker every time.
+        return all(
+            httpx.get(f"{release['url']}/health", headers={"Connection": "close"}, timeout=5)
+            .json()
+            .get("challenger_version")
+            == version
+            for _ in range(16)
+        )
 
     wait_until(shadowing, 60, f"every endpoint worker to shadow-score with v{version}")
 

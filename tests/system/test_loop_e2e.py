@@ -43,6 +43,12 @@ def test_demo_loop_with_the_scheduler(stack):
     # The three most drifted columns by name, the rest counted.
     assert sum(column in drift_mails[0] for column in DRIFT_COLUMNS) == 3
     assert f"and {len(DRIFT_COLUMNS) - 3} more" in drift_mails[0]
+    assert drift_mails[0].endswith(": retraining")
+    # The retraining it triggered closes it with one mail: the new champion.
+    (closing,) = [
+        s for s in subjects if s.startswith("[ct] Retraining after monitor run demo__monitor__drift")
+    ]
+    assert closing.endswith(f": new champion v{summary['champion_after']}")
     assert len(summary["drift_reports"]) == 2  # the control window and the drifted one
 
     import mlflow

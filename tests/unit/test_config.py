@@ -415,6 +415,21 @@ POLICY_ERROR_CASES = [
         id="drift-unseen-floor",
     ),
     pytest.param(
+        "drift: {windows_drifted: 3, windows_considered: 2}\n",
+        ": drift.windows_drifted: 3 drifted windows can never be found among the last windows_considered=2",
+        id="drift-n-of-m",
+    ),
+    pytest.param(
+        "drift: {windows_considered: 1.5}\n",
+        ": drift.windows_considered: expected a whole number >= 1, got 1.5",
+        id="drift-windows-whole",
+    ),
+    pytest.param(
+        "drift: {min_drifted_columns: 0}\n",
+        ": drift.min_drifted_columns: expected a whole number >= 1, got 0",
+        id="drift-min-columns",
+    ),
+    pytest.param(
         "release: {shadow_min_rows: 10.5}\n",
         ": release.shadow_min_rows: expected a whole number, got 10.5",
         id="release-whole",

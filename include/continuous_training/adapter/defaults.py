@@ -76,18 +76,21 @@ TASK_TIMEOUTS: dict[str, timedelta] = {
     # watch
     # The whole watch (checks on a worker, waits deferred): release.watch_minutes is at most a day.
     "watch.watch_champion": 25 * 60 * _MIN,
+    # Reads the run's task states, its XComs, the gate verdict (MLflow) and the ledger; mails on-call once.
+    "train.report_outcome": 10 * _MIN,
     # monitor
     # Snapshots the window's served rows and downloads the champion's reference sample (measured: 8-40 s).
     "monitor.collect_served": 15 * _MIN,
-    # A comparison of two counts: no I/O.
+    # A comparison of two counts; a small window writes its decision record (a file in the lake).
     "monitor.enough_rows": 5 * _MIN,
     # Per-column scores over every served row and the Evidently report (measured: 14 s).
     "monitor.compute_drift": 20 * _MIN,
-    # Reads the drift summary: no I/O.
-    "monitor.drift_found": 5 * _MIN,
+    # Reads the decision records and the cooldown ledger, asks MLflow for the champion's training set,
+    # writes the run's record (measured: 1-2 s).
+    "monitor.decide": 10 * _MIN,
     # Mails on-call (once per run: a file in the lake says it was sent).
     "monitor.alert_on_call": 10 * _MIN,
-    # Reads and writes the cooldown ledger in the lake (measured: 1 s).
+    # Reads the decision: no I/O.
     "monitor.retrain_due": 5 * _MIN,
     # Creates the train DAG run through the execution API (does not wait for it).
     "monitor.trigger_train": 5 * _MIN,
@@ -105,7 +108,9 @@ MLFLOW_TASKS = frozenset(
         "train.deploy",
         "train.notify_gate_blocked",
         "train.shadow",
+        "train.report_outcome",
         "monitor.collect_served",
+        "monitor.decide",
         "rollback.choose_version",
         "rollback.check_version",
         "rollback.move_alias",

@@ -178,12 +178,15 @@ def should_train(
     force: bool,
     params: dict[str, Any] | None = None,
     run_id: str | None = None,
-) -> bool:
+) -> dict[str, Any]:
     """Apply :func:`continuous_training.model.training_set.training_decision`; log why.
 
     A drift-style run (a drift report in its conf) that the monitor did not trigger is first held to
     the drift cooldown (:func:`continuous_training.monitoring.retrain.admit_drift_run`); *force*
     skips that too.
+
+    Returns:
+        ``{"train": bool, "why": str}``.
     """
     from continuous_training.model.registry import get_champion
     from continuous_training.model.training_set import training_decision
@@ -195,10 +198,10 @@ def should_train(
         admitted = admit_drift_run(_lake(), run_id or "manual", params, policy.drift)
         log.info("Drift-style run admitted? %s: %s", admitted["train"], admitted["why"])
         if not admitted["train"]:
-            return False
+            return admitted
     decision = training_decision(training_set, get_champion(), policy.training, reason, force)
     log.info("Train? %s: %s", decision["train"], decision["why"])
-    return bool(decision["train"])
+    return decision
 
 
 def train_challenger(
@@ -336,6 +339,116 @@ def notify_gate_blocked(run_id: str, lineage: dict[str, str]) -> bool:
             page_url=_page_url("evaluation", run_id),
         )
     )
+
+
+#: The task states that mean a task did not do its work because something failed.
+_FAILED_STATES = ("failed", "upstream_failed")
+#: The train DAG's tasks in the order they run (the first failed one is the one named).
+_TRAIN_TASKS = (
+    "build_training_set",
+    "should_train",
+    "train_challenger",
+    "evaluate",
+    "gate",
+    "register",
+    "notify_gate_blocked",
+    "shadow",
+    "approve",
+    "deploy",
+)
+
+
+def train_outcome(states: dict[str, str | None], pulled: dict[str, Any]) -> dict[str, Any]:
+    """What a ``train`` run came to, from its task states and return values (pure).
+
+    Args:
+        states: task id -> state of the run's task instances.
+        pulled: the XComs of ``should_train`` (its decision), ``evaluate``, ``register`` and ``deploy``
+            (None where the task returned nothing).
+
+    Returns:
+        ``{"outcome", "summary", ...}``; ``outcome`` is ``new_champion`` (with ``version``,
+        ``previous_version``), ``gate_blocked``, ``blocked`` (shadow verdict or approval, with
+        ``version``), ``not_trained`` (with ``why``) or ``failed`` (with ``failed_tasks``).
+    """
+    failed = [t for t in _TRAIN_TASKS if states.get(t) in _FAILED_STATES]
+    first_failed = [t for t in failed if states.get(t) == "failed"] or failed
+    evaluation, registered, deployed = pulled.get("evaluate"), pulled.get("register"), pulled.get("deploy")
+    run = {"mlflow_run_id": (evaluation or {}).get("run_id")}
+    if first_failed:
+        return {
+            "outcome": "failed",
+            "summary": f"failed at {first_failed[0]}: the serving champion stays",
+            "failed_tasks": first_failed,
+            **run,
+        }
+    if states.get("deploy") == "success" and deployed:
+        return {
+            "outcome": "new_champion",
+            "summary": f"new champion v{deployed['version']}"
+            + (f" (was v{deployed['previous_version']})" if deployed.get("previous_version") else ""),
+            "version": str(deployed["version"]),
+            "previous_version": deployed.get("previous_version"),
+            **run,
+        }
+    if states.get("notify_gate_blocked") == "success" or (
+        states.get("gate") == "success" and states.get("register") == "skipped"
+    ):
+        return {"outcome": "gate_blocked", "summary": "the gate blocked the challenger", **run}
+    if registered and states.get("deploy") == "skipped":
+        return {
+            "outcome": "blocked",
+            "summary": f"v{registered['version']} passed the gate but was stopped before deploy",
+            "version": str(registered["version"]),
+            **run,
+        }
+    decision = pulled.get("should_train") or {}
+    if states.get("build_training_set") == "skipped":
+        why = "no validated partition yet"
+    else:
+        why = decision.get("why") or "should_train decided not to train"
+    return {"outcome": "not_trained", "summary": f"not trained: {why}", "why": why, **run}
+
+
+def report_outcome(params: dict[str, Any], dag_run: Any, ti: Any) -> dict[str, Any]:
+    """For a run the monitor triggered: put what it came to on the monitor run's decision record and mail
+    on-call (once per train run). Other runs skip."""
+    from continuous_training.lineage import TAG_GATE_VERDICT, json_tag
+    from continuous_training.model.ledger import failed_live_checks, read_ledger
+    from continuous_training.modelstore import client
+    from continuous_training.monitoring.retrain import record_outcome
+
+    monitor_run_id = params.get("monitor_run_id")
+    if not monitor_run_id:
+        raise AirflowSkipException("Not triggered by the monitor: its outcome is this run's own page.")
+    dag_id, run_id = dag_run.dag_id, dag_run.run_id
+    states = ti.get_task_states(dag_id=dag_id, run_ids=[run_id]).get(run_id, {})
+    pulled = {task: ti.xcom_pull(task_ids=task) for task in ("evaluate", "register", "deploy")}
+    pulled["should_train"] = ti.xcom_pull(task_ids="should_train", key="decision")
+    outcome = train_outcome(states, pulled)
+    if outcome.get("mlflow_run_id"):
+        verdict = json_tag(client().get_run(outcome["mlflow_run_id"]).data.tags, TAG_GATE_VERDICT) or {}
+        outcome["gate"] = {
+            k: verdict.get(k) for k in ("passed", "metric", "challenger_value", "champion_value")
+        }
+        outcome["gate"]["reasons"] = list(verdict.get("reasons") or [])
+    if outcome["outcome"] == "blocked":
+        name = load_policy().model.name
+        stops = failed_live_checks(read_ledger(_lake(), name), outcome["version"])
+        outcome["why"] = stops[-1]["reason"] if stops else "stopped by the shadow stage or the approval"
+    outcome["train_run_id"] = run_id
+    record_outcome(_lake(), monitor_run_id, outcome)
+    notify(
+        mail.retrain_outcome_mail(
+            outcome=outcome,
+            reason=str(params.get("reason") or ""),
+            monitor_run_id=monitor_run_id,
+            run_url=_run_url(dag_id, run_id),
+            monitor_url=_run_url("monitor", monitor_run_id),
+            page_url=_page_url("models"),
+        )
+    )
+    return outcome
 
 
 # ------------------------------------------------------------------------------------------- rollback
@@ -648,16 +761,19 @@ def collect_served(params: dict[str, Any], dag_run: Any) -> dict[str, Any]:
     return {**collected, "min_rows": policy.drift.min_rows}
 
 
-def enough_rows(collected: dict[str, Any]) -> bool:
-    """Whether the window holds enough served rows to be judged (``drift.min_rows``)."""
-    if collected["rows"] < collected["min_rows"]:
-        log.info(
-            "Only %d served rows in the window (drift.min_rows is %d): not judged",
-            collected["rows"],
-            collected["min_rows"],
-        )
-        return False
-    return True
+def enough_rows(collected: dict[str, Any], run_id: str, run_after: datetime | None = None) -> bool:
+    """Whether the window holds enough served rows to be judged (``drift.min_rows``); when not, the run's
+    decision record says so (``undecided``)."""
+    if collected["rows"] >= collected["min_rows"]:
+        return True
+    from continuous_training.monitoring.retrain import decide_retrain
+
+    window = {k: collected[k] for k in ("model_name", "model_version", "window_start", "window_end")}
+    record = decide_retrain(
+        _lake(), {**window, "rows_current": collected["rows"]}, load_policy().drift, run_id, now=run_after
+    )
+    log.info("Not judged: %s", record["why"])
+    return False
 
 
 def compute_drift(collected: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -675,23 +791,59 @@ def compute_drift(collected: dict[str, Any], run_id: str) -> dict[str, Any]:
     return result
 
 
-def alert_drift(drift: dict[str, Any], run_id: str) -> bool:
-    """Mail on-call the drifted columns, their scores and the report (once per monitor run)."""
+def new_training_data() -> dict[str, Any] | None:
+    """Whether a retraining now would see data the champion was not trained on: the training set a
+    ``train`` run would build (``training.window_days``) against the champion's own.
+
+    Returns:
+        ``{"new": bool, "why": str}``, or None when there is no champion or no validated day.
+    """
+    from continuous_training.model.registry import get_champion
+    from continuous_training.model.training_set import select_training_days, training_set_sha256
+
+    policy = load_policy()
+    champion = get_champion()
+    days = select_training_days(_lake(), policy.training.window_days)
+    if champion is None or not days:
+        return None
+    if training_set_sha256(_lake(), days) != champion.get("training_set_sha256"):
+        return {"new": True, "why": f"the training set ({days[0]}..{days[-1]}) differs from the champion's"}
+    return {
+        "new": False,
+        "why": f"no validated day arrived since champion v{champion['version']} was trained "
+        f"(its training set {days[0]}..{days[-1]} is the newest): a retraining would learn nothing; the "
+        "next validated day triggers a drift check again",
+    }
+
+
+def decide(drift: dict[str, Any], run_id: str, run_after: datetime | None = None) -> dict[str, Any]:
+    """Retrain or not (policy, N-of-M windows, cooldown, new data), written as the run's decision record."""
+    from continuous_training.monitoring.retrain import decide_retrain
+
+    new_data = new_training_data() if drift.get("drifted_columns") else None
+    # The run's own time, not the wall clock: re-running an old monitor run judges the cooldown as it was.
+    return decide_retrain(_lake(), drift, load_policy().drift, run_id, now=run_after, new_data=new_data)
+
+
+def alert_drift(drift: dict[str, Any], decision: dict[str, Any], run_id: str) -> bool:
+    """Mail on-call the drifted columns, their scores, the report and what happens next (once per run);
+    skipped when no column drifted."""
+    if not drift["drifted_columns"]:
+        raise AirflowSkipException("No column drifted: nothing to mail.")
     return notify(
         mail.drift_mail(
             drift=drift,
+            decision=decision,
             monitor_run_id=run_id,
             run_url=_run_url("monitor", run_id),
             page_url=_page_url("drift", Path(drift["report_html"]).parent.name),
+            train_run_url=_run_url("train", decision["train_run_id"])
+            if decision.get("train_run_id")
+            else None,
         )
     )
 
 
-def retrain_due(
-    drift: dict[str, Any], run_id: str, run_after: datetime | None = None
-) -> dict[str, Any] | None:
-    """Conf for the ``train`` DAG if retraining is due (policy + cooldown), else None."""
-    from continuous_training.monitoring.retrain import retrain_conf
-
-    # The run's own time, not the wall clock: re-running an old monitor run judges the cooldown as it was.
-    return retrain_conf(_lake(), drift, load_policy().drift, run_id, now=run_after)
+def retrain_due(decision: dict[str, Any]) -> dict[str, Any] | None:
+    """Conf for the ``train`` DAG when the decision triggers it, else None (the trigger is skipped)."""
+    return decision["conf"] if decision["retrain"] else None

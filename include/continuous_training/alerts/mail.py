@@ -180,14 +180,36 @@ def gate_blocked_mail(
     )
 
 
-def drift_mail(*, drift: Mapping[str, Any], monitor_run_id: str, run_url: str, page_url: str) -> Mail:
-    """Drift was found in what the endpoint served.
+#: What each retrain decision means for the reader of a drift mail: the next step, in a few words.
+NEXT_STEP = {
+    "triggered": "Retraining: the train DAG is triggered",
+    "waiting": "Not retraining yet: too few recent windows drifted",
+    "cooldown": "Not retraining now: in cooldown",
+    "no_new_data": "Not retraining: no new data to learn from",
+    "below_min_columns": "Not retraining: too few columns drifted",
+    "no_drift": "Not retraining: no drift",
+    "undecided": "Not judged: too few served rows",
+}
+
+
+def drift_mail(
+    *,
+    drift: Mapping[str, Any],
+    decision: Mapping[str, Any],
+    monitor_run_id: str,
+    run_url: str,
+    page_url: str,
+    train_run_url: str | None = None,
+) -> Mail:
+    """Drift was found in what the endpoint served; what happens next.
 
     Args:
         drift: the drift result (drifted columns, scores, methods, threshold, window, report paths).
+        decision: the run's retrain decision record (``decision``, ``why``, ``windows``, ``train_run_id``).
         monitor_run_id: the monitor run that found it.
         run_url: its page.
         page_url: its verdict on the project's Drift page (every column's score, the Evidently report).
+        train_run_url: the page of the ``train`` run it triggered, if it triggered one.
     """
     scores = drift["scores"]
     unseen = drift.get("unseen_categories") or {}
@@ -227,14 +249,120 @@ def drift_mail(*, drift: Mapping[str, Any], monitor_run_id: str, run_url: str, p
                 ("Monitor run", Link(run_url)),
             ]
         )
-        + "<p>The <code>train</code> DAG is triggered with this report unless a drift-triggered retraining "
-        "ran within the cooldown.</p>"
+        + _next_step_html(decision, train_run_url)
     )
     return Mail(
         event_key=f"drift/{monitor_run_id}",
-        subject=f"Drift in {_leading(ranked)} ({drift['model_name']} v{drift['model_version']})",
+        subject=f"Drift in {_leading(ranked)} ({drift['model_name']} v{drift['model_version']}): "
+        + (
+            "retraining"
+            if decision["decision"] == "triggered"
+            else f"not retraining ({decision['decision']})"
+        ),
         html=body,
-        details={k: drift[k] for k in ("drifted_columns", "scores", "report_html", "report_json")},
+        details={
+            **{k: drift[k] for k in ("drifted_columns", "scores", "report_html", "report_json")},
+            "decision": decision["decision"],
+            "train_run_id": decision.get("train_run_id"),
+        },
+    )
+
+
+def _next_step_html(decision: Mapping[str, Any], train_run_url: str | None) -> str:
+    """The retrain decision, as the drift mail states it: what happens next and why."""
+    kind = decision["decision"]
+    windows = decision.get("windows") or {}
+    rows: list[tuple[str, Any]] = [("Decision", kind), ("Why", decision.get("why", ""))]
+    if windows.get("considered", 0) > 1 or windows.get("required", 1) > 1:
+        rows.append(
+            (
+                "Drifted windows",
+                f"{windows.get('drifted')} of the last {windows.get('considered')} judged "
+                f"(retrain at {windows.get('required')})",
+            )
+        )
+    if decision.get("train_run_id"):
+        run = decision["train_run_id"]
+        rows.append(("Train run", Link(train_run_url, run) if train_run_url else run))
+    after = (
+        "Its outcome (new champion, gate blocked, or why it did not train) is mailed when the run ends."
+        if kind == "triggered"
+        else "The decision is on the monitor run's record (the Drift page); nothing is retrained."
+    )
+    return (
+        f"<h3>{html.escape(NEXT_STEP.get(kind, kind))}</h3>"
+        + render_table(rows)
+        + f"<p>{html.escape(after)}</p>"
+    )
+
+
+#: The subject's verdict of each retrain outcome.
+OUTCOME_SUBJECT = {
+    "new_champion": "new champion",
+    "gate_blocked": "gate blocked the challenger",
+    "blocked": "stopped before deploy",
+    "not_trained": "not trained",
+    "failed": "failed",
+}
+
+
+def retrain_outcome_mail(
+    *,
+    outcome: Mapping[str, Any],
+    reason: str,
+    monitor_run_id: str,
+    run_url: str,
+    monitor_url: str,
+    page_url: str,
+) -> Mail:
+    """What the retraining a monitor run triggered came to: the close of its drift mail.
+
+    Args:
+        outcome: from :func:`continuous_training.adapter.steps.train_outcome`, with ``train_run_id``,
+            ``gate`` (the verdict's figures and reasons) and ``why`` where known.
+        reason: the train run's reason (``drift in ...``).
+        monitor_run_id: the monitor run that triggered it.
+        run_url: the train run's page.
+        monitor_url: the monitor run's page.
+        page_url: the Models page (versions, verdicts, ledger).
+    """
+    kind = outcome["outcome"]
+    gate = outcome.get("gate") or {}
+    rows: list[tuple[str, Any]] = [("Outcome", outcome["summary"]), ("Reason", reason)]
+    if gate.get("metric"):
+        rows.append(
+            (
+                f"Gate ({gate['metric']})",
+                f"challenger {gate.get('challenger_value')}, champion {gate.get('champion_value')}",
+            )
+        )
+    if outcome.get("why") and kind != "not_trained":
+        rows.append(("Why", outcome["why"]))
+    if outcome.get("failed_tasks"):
+        rows.append(("Failed task(s)", ", ".join(outcome["failed_tasks"])))
+    rows += [
+        ("Train run", Link(run_url, outcome.get("train_run_id") or run_url)),
+        ("Monitor run that asked for it", Link(monitor_url, monitor_run_id)),
+        ("Models and ledger", Link(page_url)),
+    ]
+    reasons = gate.get("reasons") or []
+    body = (
+        f"<h2>Retraining {html.escape(OUTCOME_SUBJECT.get(kind, kind))}</h2>"
+        f"<p>{html.escape(outcome['summary'])}.</p>"
+        + ("<ul>" + "".join(f"<li>{html.escape(str(r))}</li>" for r in reasons) + "</ul>" if reasons else "")
+        + render_table(rows)
+        + (
+            "<p>The failure mail of the task has the error; clear the task once the cause is fixed.</p>"
+            if kind == "failed"
+            else ""
+        )
+    )
+    version = f" v{outcome['version']}" if outcome.get("version") else ""
+    return Mail(
+        event_key=f"retrain-outcome/{outcome.get('train_run_id')}",
+        subject=f"Retraining after monitor run {monitor_run_id}: {OUTCOME_SUBJECT.get(kind, kind)}{version}",
+        html=body,
+        details=dict(outcome),
     )
 
 

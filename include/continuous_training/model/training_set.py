@@ -55,24 +55,10 @@ def select_training_days(lake: Lake, window_days: int, as_of: str | None = None)
     return days[-window_days:]
 
 
-def build_training_set(lake: Lake, days: list[str]) -> dict[str, Any]:
-    """Snapshot validated partitions as a training set and write it to ``lake.training_set(sha256)``.
-
-    The hash covers only ``(day, partition sha256)`` pairs, so it names the data, not the moment or the
-    machine: the same partitions always give the same snapshot and the same file.
-
-    Args:
-        lake: the data lake.
-        days: validated days to include (any order; stored oldest first).
-
-    Returns:
-        ``{"sha256", "days", "partitions": [{"day", "sha256", "rows", "path"}], "rows", "path"}``.
-
-    Raises:
-        ValueError: ``days`` is empty, or a day has no published partition.
-    """
+def _partitions(lake: Lake, days: list[str]) -> list[dict[str, Any]]:
+    """The published partition of each day, from its manifest (oldest first)."""
     if not days:
-        raise ValueError("build_training_set: no days given; a training set needs at least one partition")
+        raise ValueError("training set: no days given; a training set needs at least one partition")
     partitions = []
     for day in sorted(set(days)):
         manifest_path = manifest_file(lake.validated(day))
@@ -91,7 +77,40 @@ def build_training_set(lake: Lake, days: list[str]) -> dict[str, Any]:
                 "path": str(data_file(lake.validated(day))),
             }
         )
-    sha = sha256_json([[p["day"], p["sha256"]] for p in partitions])
+    return partitions
+
+
+def training_set_sha256(lake: Lake, days: list[str]) -> str:
+    """The hash :func:`build_training_set` would give these days, without writing the snapshot.
+
+    Raises:
+        ValueError: as :func:`build_training_set`.
+    """
+    return _sha256(_partitions(lake, days))
+
+
+def _sha256(partitions: list[dict[str, Any]]) -> str:
+    return sha256_json([[p["day"], p["sha256"]] for p in partitions])
+
+
+def build_training_set(lake: Lake, days: list[str]) -> dict[str, Any]:
+    """Snapshot validated partitions as a training set and write it to ``lake.training_set(sha256)``.
+
+    The hash covers only ``(day, partition sha256)`` pairs, so it names the data, not the moment or the
+    machine: the same partitions always give the same snapshot and the same file.
+
+    Args:
+        lake: the data lake.
+        days: validated days to include (any order; stored oldest first).
+
+    Returns:
+        ``{"sha256", "days", "partitions": [{"day", "sha256", "rows", "path"}], "rows", "path"}``.
+
+    Raises:
+        ValueError: ``days`` is empty, or a day has no published partition.
+    """
+    partitions = _partitions(lake, days)
+    sha = _sha256(partitions)
     snapshot = {
         "sha256": sha,
         "days": [p["day"] for p in partitions],

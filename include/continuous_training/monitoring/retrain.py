@@ -1,9 +1,13 @@
-"""Whether drift should retrain the model: a pure decision, and the ledger that enforces the cooldown.
+"""Whether drift should retrain the model: a pure decision, its record, and the cooldown ledger.
 
-:func:`retrain_decision` is a predicate over a drift result and the policy; :func:`retrain_conf` applies
-it for a monitor run and, when it says retrain, records the trigger (:func:`record_retrain_trigger`) so
-that later runs' :func:`last_retrain_trigger` enforces ``drift.cooldown_hours``. The ledger is
-``lake.retrain_ledger()``, one entry per monitor run: a re-run decides the same and triggers the same.
+:func:`retrain_decision` is a predicate over a drift result, the policy and the champion's earlier
+windows; :func:`decide_retrain` applies it for a monitor run and writes the decision record
+(``lake.monitor_decision(run)``: triggered, waiting, cooldown, undecided, no new data, ...), which
+later runs read for the N-of-M windows rule and the UI and mails show. A triggering decision is also
+entered in the ledger (:func:`record_retrain_trigger`), so that later runs'
+:func:`last_retrain_trigger` enforces ``drift.cooldown_hours``; once the triggered ``train`` run
+ends, its outcome joins the record (:func:`record_outcome`). The ledger is ``lake.retrain_ledger()``,
+one entry per monitor run: a re-run decides the same and triggers the same.
 """
 
 from __future__ import annotations
@@ -28,59 +32,106 @@ def _fmt_scores(drift: dict[str, Any], columns: list[str]) -> str:
     return ", ".join(f"{c}={scores[c]:.3f}" if scores.get(c) is not None else c for c in columns)
 
 
+#: What a monitor run decided, one word each (the decision record's ``decision``):
+#:
+#: - ``undecided``: too few served rows in the window to judge it (``drift.min_rows``);
+#: - ``no_drift``: no feature column reached the threshold;
+#: - ``below_min_columns``: some did, fewer than ``drift.min_drifted_columns`` (the window did not drift);
+#: - ``waiting``: the window drifted, but fewer than ``drift.windows_drifted`` of the last
+#:   ``drift.windows_considered`` judged windows of the champion did;
+#: - ``cooldown``: retraining is due, but a drift-triggered retraining ran within ``drift.cooldown_hours``;
+#: - ``no_new_data``: retraining is due, but the training set would be the champion's own (no validated
+#:   day arrived since it was trained), so a retraining would learn nothing;
+#: - ``triggered``: the ``train`` DAG is triggered.
+DECISIONS = ("undecided", "no_drift", "below_min_columns", "waiting", "cooldown", "no_new_data", "triggered")
+
+
 def retrain_decision(
-    drift: dict[str, Any], policy: DriftPolicy, *, last_trigger_at: datetime | None, now: datetime
+    drift: dict[str, Any],
+    policy: DriftPolicy,
+    *,
+    last_trigger_at: datetime | None,
+    now: datetime,
+    earlier_windows: list[dict[str, Any]] | None = None,
+    new_data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Decide whether a drift result should trigger retraining (pure: no I/O, no clock).
 
-    Retrain when at least ``policy.min_drifted_columns`` feature columns drifted and the previous
-    drift-triggered retraining is at least ``policy.cooldown_hours`` old (or there was none). A window with
-    fewer than ``policy.min_rows`` served rows is not judged.
+    The checks, in order: a window with fewer than ``policy.min_rows`` served rows is not judged; it
+    drifted when at least ``policy.min_drifted_columns`` feature columns drifted; retraining is due when
+    at least ``policy.windows_drifted`` of the last ``policy.windows_considered`` judged windows drifted
+    (this one and ``earlier_windows``); it is held by the cooldown (the previous drift-triggered
+    retraining less than ``policy.cooldown_hours`` ago), then by ``new_data`` saying nothing new arrived.
 
     Args:
-        drift: the dict returned by :func:`compute_drift`.
+        drift: the dict returned by :func:`compute_drift` (or ``{"rows_current": n}`` for a window too
+            small to be scored).
         policy: the drift policy.
         last_trigger_at: time of the last drift-triggered retraining, or None.
         now: the decision time (the run's ``run_after``); naive datetimes are taken as UTC.
+        earlier_windows: the champion's earlier judged windows, newest first, each
+            ``{"monitor_run_id", "drifted": bool}`` (only the first ``windows_considered - 1`` count).
+        new_data: ``{"new": bool, "why": str}``: whether a retraining would see data the champion was
+            not trained on; None when unknown (taken as new).
 
     Returns:
-        ``{"retrain": bool, "why": str}``; ``why`` names the drifted columns and their scores, or says
-        why not (too few rows, no drift, below ``min_drifted_columns``, cooldown until a time).
+        ``{"retrain": bool, "decision": one of DECISIONS, "why": str, "drifted": bool | None,
+        "windows": {"drifted", "considered", "required", "runs"}}``; ``why`` names the drifted columns
+        and their scores, or says why not.
     """
+    rows = drift.get("rows_current")
+    windows = {"drifted": 0, "considered": 0, "required": policy.windows_drifted, "runs": []}
+
+    def verdict(retrain: bool, decision: str, why: str, drifted: bool | None) -> dict[str, Any]:
+        return {"retrain": retrain, "decision": decision, "why": why, "drifted": drifted, "windows": windows}
+
+    if rows is not None and rows < policy.min_rows:
+        why = f"only {rows} served rows in the window; drift.min_rows is {policy.min_rows}: not judged"
+        return verdict(False, "undecided", why, None)
     drifted = list(drift.get("drifted_columns", []))
     threshold = drift.get("threshold", policy.threshold)
-    rows = drift.get("rows_current")
-    if rows is not None and rows < policy.min_rows:
-        return {
-            "retrain": False,
-            "why": f"only {rows} served rows in the window; drift.min_rows is {policy.min_rows}",
-        }
+    window_drifted = len(drifted) >= policy.min_drifted_columns
+    recent = [bool(w.get("drifted")) for w in (earlier_windows or [])][: policy.windows_considered - 1]
+    runs = [w.get("monitor_run_id") for w in (earlier_windows or [])][: policy.windows_considered - 1]
+    windows.update(
+        drifted=int(window_drifted) + sum(recent),
+        considered=1 + len(recent),
+        runs=[r for r, d in zip(runs, recent, strict=True) if d],
+    )
     if not drifted:
         scores = {c: s for c, s in drift.get("scores", {}).items() if s is not None}
         top = max(scores, key=scores.__getitem__) if scores else None
         highest = f"; highest {top}={scores[top]:.3f}" if top else ""
-        return {
-            "retrain": False,
-            "why": f"no drift: no feature column reached threshold {threshold}{highest}",
-        }
+        return verdict(
+            False, "no_drift", f"no drift: no feature column reached threshold {threshold}{highest}", False
+        )
     described = f"{len(drifted)} column(s) drifted (>= {threshold}): {_fmt_scores(drift, drifted)}"
-    if len(drifted) < policy.min_drifted_columns:
-        return {
-            "retrain": False,
-            "why": f"{described}; below drift.min_drifted_columns={policy.min_drifted_columns}",
-        }
+    if not window_drifted:
+        why = f"{described}; below drift.min_drifted_columns={policy.min_drifted_columns}"
+        return verdict(False, "below_min_columns", why, False)
+    if windows["drifted"] < policy.windows_drifted:
+        why = (
+            f"{described}; {windows['drifted']} of the last {windows['considered']} judged window(s) "
+            f"drifted, drift.windows_drifted is {policy.windows_drifted} of {policy.windows_considered}"
+        )
+        return verdict(False, "waiting", why, True)
+    if policy.windows_considered > 1:
+        described += (
+            f"; {windows['drifted']} of the last {windows['considered']} judged windows drifted "
+            f"(drift.windows_drifted {policy.windows_drifted})"
+        )
     if last_trigger_at is not None:
         until = to_utc(last_trigger_at) + timedelta(hours=policy.cooldown_hours)
         if to_utc(now) < until:
-            return {
-                "retrain": False,
-                "why": (
-                    f"{described}; but in cooldown until {until.isoformat()} "
-                    f"(last drift-triggered retraining {to_utc(last_trigger_at).isoformat()}, "
-                    f"cooldown {policy.cooldown_hours} h)"
-                ),
-            }
-    return {"retrain": True, "why": described}
+            why = (
+                f"{described}; but in cooldown until {until.isoformat()} "
+                f"(last drift-triggered retraining {to_utc(last_trigger_at).isoformat()}, "
+                f"cooldown {policy.cooldown_hours} h)"
+            )
+            return verdict(False, "cooldown", why, True)
+    if new_data is not None and not new_data.get("new", True):
+        return verdict(False, "no_new_data", f"{described}; but {new_data.get('why')}", True)
+    return verdict(True, "triggered", described, True)
 
 
 def _read_ledger(path: Path) -> list[dict[str, Any]]:
@@ -163,45 +214,154 @@ def record_retrain_trigger(lake: Lake, monitor_run_id: str, at: datetime, drift:
     log.info("recorded retrain trigger of monitor run %s at %s in %s", monitor_run_id, at, path)
 
 
-def retrain_conf(
-    lake: Lake, drift: dict[str, Any], policy: DriftPolicy, monitor_run_id: str, now: datetime | None = None
-) -> dict[str, Any] | None:
-    """The conf of the train run a monitor run triggers, if retraining is due (policy + cooldown).
+#: The run id the monitor gives the ``train`` run it triggers: ``drift__<monitor run id>``.
+MONITOR_TRAIN_RUN_PREFIX = "drift__"
 
-    A monitor run that already decided to retrain (a re-run) gets the same conf again, whatever the
-    cooldown says now.
+
+def read_decision(lake: Lake, monitor_run_id: str) -> dict[str, Any] | None:
+    """The decision record of a monitor run, or None if it decided nothing yet.
+
+    Raises:
+        ValueError: the record is not valid JSON or not a decision (file named).
+    """
+    return _read_record(lake.monitor_decision(monitor_run_id))
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        record = read_json(path)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); expected a monitor decision record") from exc
+    if not isinstance(record, dict) or record.get("decision") not in DECISIONS:
+        raise ValueError(f"{path}: expected a mapping whose `decision` is one of {list(DECISIONS)}")
+    return record
+
+
+def decision_records(lake: Lake) -> list[dict[str, Any]]:
+    """Every monitor run's decision record, newest first (by the run's time)."""
+    base = lake.monitor_decisions()
+    if not base.is_dir():
+        return []
+    records = [r for path in base.glob("*.json") if (r := _read_record(path)) is not None]
+    return sorted(records, key=lambda r: (r.get("at") or "", r.get("monitor_run_id") or ""), reverse=True)
+
+
+def _earlier_windows(
+    lake: Lake, monitor_run_id: str, model_version: Any, now: datetime
+) -> list[dict[str, Any]]:
+    """The champion's judged windows decided before ``now`` by other monitor runs, newest first."""
+    at = to_utc(now).isoformat()
+    return [
+        r
+        for r in decision_records(lake)
+        if r.get("monitor_run_id") != monitor_run_id
+        and r.get("drifted") is not None
+        and str(r.get("model_version")) == str(model_version)
+        and (r.get("at") or "") < at
+    ]
+
+
+def decide_retrain(
+    lake: Lake,
+    drift: dict[str, Any],
+    policy: DriftPolicy,
+    monitor_run_id: str,
+    *,
+    now: datetime | None = None,
+    new_data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Decide a monitor run's retraining (:func:`retrain_decision`) and put it on the record.
+
+    The record (``lake.monitor_decision(run)``) holds the decision, why, the window, the drifted
+    columns, the N-of-M tally and, when it triggers, the conf of the ``train`` run; a triggering
+    decision is also entered in the cooldown ledger. A run that already triggered (a re-run) gets the
+    same record again whatever the cooldown says now; any other decision is taken afresh and replaces
+    the record (the same inputs give the same decision).
 
     Args:
-        lake: the data lake (its retrain ledger).
-        drift: the dict returned by :func:`continuous_training.monitoring.drift.compute_drift`.
+        lake: the data lake (decision records and the retrain ledger).
+        drift: the dict returned by :func:`continuous_training.monitoring.drift.compute_drift` with the
+            window's ``model_name``, ``model_version``, ``window_start``, ``window_end``; for a window
+            too small to be scored, those and ``rows_current``.
         policy: the drift policy.
         monitor_run_id: the monitor DAG run deciding.
         now: the decision time, the run's ``run_after`` (default: now): re-running an old monitor run
-            judges the cooldown as it was.
+            judges the cooldown and the earlier windows as they were.
+        new_data: whether a retraining would see new data (see :func:`retrain_decision`).
 
     Returns:
-        ``{"reason", "drift_report", "drifted_columns"}``, or None when no retraining is due.
+        The decision record.
     """
-    conf = {
-        "reason": f"drift in {', '.join(drift['drifted_columns'])}",
-        "drift_report": drift["report_html"],
-        "drifted_columns": list(drift["drifted_columns"]),
+    previous = read_decision(lake, monitor_run_id)
+    if previous is not None and previous["decision"] == "triggered":
+        log.info(
+            "This run already decided to retrain (%s): same trigger again",
+            lake.monitor_decision(monitor_run_id),
+        )
+        return previous
+    now = to_utc(now or datetime.now(UTC))
+    decision = retrain_decision(
+        drift,
+        policy,
+        last_trigger_at=last_retrain_trigger(lake),
+        now=now,
+        earlier_windows=_earlier_windows(lake, monitor_run_id, drift.get("model_version"), now),
+        new_data=new_data,
+    )
+    log.info("Retrain? %s (%s): %s", decision["retrain"], decision["decision"], decision["why"])
+    drifted = list(drift.get("drifted_columns") or [])
+    record = {
+        "monitor_run_id": monitor_run_id,
+        "at": now.isoformat(),
+        **decision,
+        **{k: drift.get(k) for k in ("model_name", "model_version", "window_start", "window_end")},
+        "rows": drift.get("rows_current"),
+        "min_rows": policy.min_rows,
+        "drifted_columns": drifted,
+        "threshold": drift.get("threshold", policy.threshold),
+        "report_html": drift.get("report_html"),
+        "new_data": new_data,
+        "train_run_id": None,
+        "conf": None,
     }
-    ledger = lake.retrain_ledger()
-    if any(e.get("monitor_run_id") == monitor_run_id for e in _read_ledger(ledger)):
-        log.info("This run already decided to retrain (ledger %s): same trigger again", ledger)
-        return conf
-    now = now or datetime.now(UTC)
-    decision = retrain_decision(drift, policy, last_trigger_at=last_retrain_trigger(lake), now=now)
-    log.info("Retrain? %s: %s", decision["retrain"], decision["why"])
-    if not decision["retrain"]:
-        return None
-    record_retrain_trigger(lake, monitor_run_id, now, drift)
-    return conf
+    if decision["retrain"]:
+        record["train_run_id"] = MONITOR_TRAIN_RUN_PREFIX + monitor_run_id
+        record["conf"] = {
+            "reason": f"drift in {', '.join(drifted)}",
+            "drift_report": drift.get("report_html"),
+            "drifted_columns": drifted,
+            "monitor_run_id": monitor_run_id,
+        }
+        record_retrain_trigger(lake, monitor_run_id, now, drift)
+    write_json_atomic(lake.monitor_decision(monitor_run_id), record)
+    return record
 
 
-#: The run id the monitor gives the ``train`` run it triggers: ``drift__<monitor run id>``.
-MONITOR_TRAIN_RUN_PREFIX = "drift__"
+def record_outcome(lake: Lake, monitor_run_id: str, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    """Add the outcome of the retraining a monitor run triggered to its decision record.
+
+    Args:
+        lake: the data lake.
+        monitor_run_id: the monitor run whose decision triggered the retraining.
+        outcome: what the ``train`` run did (see :func:`continuous_training.adapter.steps.retrain_outcome`).
+
+    Returns:
+        The updated record, or None when the monitor run has no decision record (nothing is written).
+    """
+    path = lake.monitor_decision(monitor_run_id)
+    with _locked(path):
+        record = read_decision(lake, monitor_run_id)
+        if record is None:
+            log.warning(
+                "monitor run %s has no decision record at %s: outcome not recorded", monitor_run_id, path
+            )
+            return None
+        if record.get("outcome") != outcome:
+            record["outcome"] = outcome
+            write_json_atomic(path, record)
+    return record
 
 
 def admit_drift_run(

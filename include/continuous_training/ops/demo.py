@@ -148,6 +148,7 @@ def run_demo(settings: Settings | None = None, plan: DemoPlan | None = None) -> 
     """Bring the stack up and run the loop; return (and print) the summary."""
     from continuous_training.lake import Lake
     from continuous_training.model.registry import get_champion
+    from continuous_training.monitoring.retrain import read_decision
     from continuous_training.ops.airflow_client import AirflowClient
     from continuous_training.ops.simulate import SimulatorConfig, client_requests, land_day, send_traffic
     from continuous_training.ops.stack import airflow_password, pipeline_client_env, stack_up
@@ -205,8 +206,11 @@ def run_demo(settings: Settings | None = None, plan: DemoPlan | None = None) -> 
         af.trigger("monitor", run_id, {"window_start": window_start, "window_end": window_end})
         run = af.wait_for_run("monitor", run_id)
         states = af.task_states("monitor", run_id)
+        decision = read_decision(lake, run_id) or {}
         _say(
-            f"  monitor ({key}): {run['state']}, drift found: {states.get('drift_found') == 'success' and states.get('alert_on_call') == 'success'}"
+            f"  monitor ({key}): {run['state']}, drift found: {states.get('alert_on_call') == 'success'}, "
+            f"decision: {decision.get('decision', 'none')}"
+            + (f" ({decision['why']})" if decision.get("why") else "")
         )
         return states
 

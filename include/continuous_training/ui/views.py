@@ -60,8 +60,28 @@ def drift_runs(lake: Lake) -> list[dict[str, Any]]:
     base = lake.drift_reports()
     if not base.is_dir():
         return []
+    decided = {d["run_key"]: d for d in decisions(lake)}
     runs = [run for folder in base.iterdir() if (run := _drift_summary(folder)) is not None]
+    for run in runs:
+        run["decision"] = decided.get(run["run_key"])
     return sorted(runs, key=lambda run: run["at"], reverse=True)
+
+
+def decisions(lake: Lake) -> list[dict[str, Any]]:
+    """Every monitor run's retrain decision record, newest first, with ``run_key`` (its report folder's
+    name) and ``has_report``; an unreadable record is logged and left out."""
+    from continuous_training.monitoring.retrain import decision_records
+
+    try:
+        records = decision_records(lake)
+    except (OSError, ValueError) as exc:
+        log.warning("Monitor decisions unreadable: %s", exc)
+        return []
+    for record in records:
+        key = lake.drift_report_dir(record["monitor_run_id"]).name
+        record["run_key"] = key
+        record["has_report"] = (lake.drift_report_dir(key) / "summary.json").is_file()
+    return records
 
 
 def _drift_summary(folder: Path) -> dict[str, Any] | None:
@@ -117,6 +137,7 @@ def drift_run(lake: Lake, run_key: str) -> dict[str, Any] | None:
     )
     if run is None:
         return None
+    run["decision"] = next((d for d in decisions(lake) if d["run_key"] == run_key), None)
     threshold = run["threshold"]
     empty = set(run["null_columns"].get("current") or []) | set(run["null_columns"].get("reference") or [])
     run["columns"] = [

@@ -161,12 +161,13 @@ def test_the_most_drifted_column_leads_and_the_mail_subject_stays_short(drifted_
             "window_start": "a",
             "window_end": "b",
         },
+        decision={"decision": "triggered", "why": "4 column(s) drifted", "train_run_id": "drift__run"},
         monitor_run_id="run",
         run_url="http://x/run",
         page_url="http://x/drift/run",
     )
     # Four drifted columns: the top three by score, then a count; the table lists all four in order.
-    assert mail.subject == f"Drift in {', '.join(ranked[:3])} and 1 more (m v3)"
+    assert mail.subject == f"Drift in {', '.join(ranked[:3])} and 1 more (m v3): retraining"
     table = mail.html.split("<h3>", 1)[0]
     assert [table.index(f">{c}<") for c in ranked] == sorted(table.index(f">{c}<") for c in ranked)
     assert "Data quality" not in mail.html
@@ -187,6 +188,7 @@ def test_a_column_with_no_value_is_a_finding_not_a_silent_gap(
     assert result["drifted_columns"], "the injected drift is still found"
     mail = drift_mail(
         drift={**result, "model_name": "m", "model_version": "1", "window_start": "a", "window_end": "b"},
+        decision={"decision": "cooldown", "why": "in cooldown until 2026-03-01T16:00:00+00:00"},
         monitor_run_id="run",
         run_url="http://x/run",
         page_url="http://x/drift/run",
@@ -216,6 +218,7 @@ def test_a_new_category_above_the_floor_drifts_its_column_and_is_named(
         assert result["drifted_columns"] == [column]
         mail = drift_mail(
             drift={**result, "model_name": "m", "model_version": "1", "window_start": "a", "window_end": "b"},
+            decision={"decision": "no_new_data", "why": "no validated day arrived"},
             monitor_run_id="run",
             run_url="http://x/run",
             page_url="http://x/drift/run",

@@ -11,7 +11,12 @@ import pytest
 from continuous_training.config import DriftPolicy
 from continuous_training.lake import Lake
 from continuous_training.monitoring.retrain import (
+    DECISIONS,
+    decide_retrain,
+    decision_records,
     last_retrain_trigger,
+    read_decision,
+    record_outcome,
     record_retrain_trigger,
     retrain_decision,
 )
@@ -88,8 +93,9 @@ def test_retrain_decision(
     drift: dict, policy: DriftPolicy, last: datetime | None, retrain: bool, why_has: list[str]
 ) -> None:
     decision = retrain_decision(drift, policy, last_trigger_at=last, now=NOW)
-    assert set(decision) == {"retrain", "why"}
-    assert decision["retrain"] is retrain
+    assert set(decision) == {"retrain", "decision", "why", "drifted", "windows"}
+    assert decision["decision"] in DECISIONS
+    assert decision["retrain"] is (decision["decision"] == "triggered") is retrain
     for fragment in why_has:
         assert fragment in decision["why"]
 
@@ -102,6 +108,129 @@ def test_retrain_decision_accepts_naive_and_offset_times() -> None:
     )
     assert decision["retrain"] is False
     assert "cooldown until 2026-03-01T14:00:00+00:00" in decision["why"]
+
+
+@pytest.mark.parametrize(
+    ("drift", "last", "new_data", "decision"),
+    [
+        pytest.param(_drift(["age"], rows=120), None, None, "undecided", id="undecided"),
+        pytest.param(_drift([]), None, None, "no_drift", id="no-drift"),
+        pytest.param(_drift(["age"]), NOW - timedelta(hours=1), None, "cooldown", id="cooldown"),
+        pytest.param(
+            _drift(["age"]),
+            None,
+            {"new": False, "why": "no validated day arrived"},
+            "no_new_data",
+            id="no-new-data",
+        ),
+        pytest.param(_drift(["age"]), None, {"new": True, "why": "differs"}, "triggered", id="new-data"),
+    ],
+)
+def test_each_decision_has_its_kind_and_the_window_verdict(
+    drift: dict, last: datetime | None, new_data: dict | None, decision: str
+) -> None:
+    verdict = retrain_decision(drift, DECISION_POLICY, last_trigger_at=last, now=NOW, new_data=new_data)
+    assert verdict["decision"] == decision
+    assert verdict["drifted"] is {"undecided": None, "no_drift": False}.get(decision, True)
+    if decision == "no_new_data":
+        assert "no validated day arrived" in verdict["why"]
+
+
+def test_cooldown_is_judged_before_new_data() -> None:
+    """Both hold the retraining back; the cooldown is named first (it ends on its own)."""
+    verdict = retrain_decision(
+        _drift(["age"]),
+        DECISION_POLICY,
+        last_trigger_at=NOW - timedelta(hours=1),
+        now=NOW,
+        new_data={"new": False, "why": "nothing new"},
+    )
+    assert verdict["decision"] == "cooldown"
+
+
+N_OF_M = DriftPolicy(min_rows=500, cooldown_hours=0, windows_drifted=2, windows_considered=3)
+
+
+@pytest.mark.parametrize(
+    ("earlier", "decision", "tally"),
+    [
+        pytest.param([], "waiting", (1, 1), id="first-window"),
+        pytest.param([False, False], "waiting", (1, 3), id="one-of-three"),
+        pytest.param([False, True], "triggered", (2, 3), id="two-of-three"),
+        pytest.param([True], "triggered", (2, 2), id="two-of-two-so-far"),
+        pytest.param([False, False, True], "waiting", (1, 3), id="the-fourth-window-back-does-not-count"),
+    ],
+)
+def test_n_of_m_windows(earlier: list[bool], decision: str, tally: tuple[int, int]) -> None:
+    windows = [{"monitor_run_id": f"m{i}", "drifted": d} for i, d in enumerate(earlier)]
+    verdict = retrain_decision(
+        _drift(["age"]), N_OF_M, last_trigger_at=None, now=NOW, earlier_windows=windows
+    )
+    assert verdict["decision"] == decision
+    assert (verdict["windows"]["drifted"], verdict["windows"]["considered"]) == tally
+    assert verdict["windows"]["runs"] == [w["monitor_run_id"] for w in windows[:2] if w["drifted"]]
+
+
+def _window(rows: int = 5000, version: str = "3", columns: tuple[str, ...] = ("age",)) -> dict:
+    return {
+        **_drift(list(columns), rows=rows),
+        "model_name": "m",
+        "model_version": version,
+        "window_start": "2026-03-01T00:00:00+00:00",
+        "window_end": "2026-03-02T00:00:00+00:00",
+        "report_html": "/lake/reports/drift/x/drift_report.html",
+    }
+
+
+def test_decisions_are_on_the_record_and_count_towards_n_of_m(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    small = decide_retrain(lake, _window(rows=100), N_OF_M, "m0", now=NOW - timedelta(days=3))
+    assert small["decision"] == "undecided"
+    assert small["rows"] == 100
+    assert small["min_rows"] == 500
+    first = decide_retrain(lake, _window(), N_OF_M, "m1", now=NOW - timedelta(days=2))
+    assert first["decision"] == "waiting"
+    assert first["windows"]["considered"] == 1, "the undecided one is not counted"
+    # A window of another champion does not count towards this one's tally.
+    other = decide_retrain(lake, _window(version="2"), N_OF_M, "m2", now=NOW - timedelta(days=1))
+    assert other["decision"] == "waiting"
+    second = decide_retrain(lake, _window(), N_OF_M, "m3", now=NOW)
+    assert second["decision"] == "triggered"
+    assert second["windows"] == {"drifted": 2, "considered": 2, "required": 2, "runs": ["m1"]}
+    assert second["train_run_id"] == "drift__m3"
+    assert second["conf"] == {
+        "reason": "drift in age",
+        "drift_report": "/lake/reports/drift/x/drift_report.html",
+        "drifted_columns": ["age"],
+        "monitor_run_id": "m3",
+    }
+    assert last_retrain_trigger(lake) == NOW, "the trigger is in the cooldown ledger"
+    assert [r["monitor_run_id"] for r in decision_records(lake)] == ["m3", "m2", "m1", "m0"]
+    assert read_decision(lake, "m1") == first
+
+    # A re-run of the triggering run triggers the same, though the ledger now holds it in cooldown.
+    assert decide_retrain(lake, _window(), N_OF_M, "m3", now=NOW + timedelta(hours=1)) == second
+    # Re-running an earlier run judges the windows before it only.
+    assert decide_retrain(lake, _window(), N_OF_M, "m1", now=NOW - timedelta(days=2))["decision"] == "waiting"
+
+
+def test_the_outcome_joins_the_decision_record(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    decide_retrain(lake, _window(), DECISION_POLICY, "m1", now=NOW)
+    outcome = {"outcome": "new_champion", "version": "4", "summary": "new champion v4 (was v3)"}
+    assert record_outcome(lake, "m1", outcome)["outcome"] == outcome
+    assert read_decision(lake, "m1")["outcome"] == outcome
+    assert record_outcome(lake, "unknown", outcome) is None
+    assert not lake.monitor_decision("unknown").exists()
+
+
+def test_a_broken_decision_record_is_named(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    path = lake.monitor_decision("m1")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"decision": "maybe"}')
+    with pytest.raises(ValueError, match=r"m1\.json: expected a mapping whose `decision` is one of"):
+        decision_records(lake)
 
 
 # --- ledger -----------------------------------------------------------------------------------------------
