@@ -132,6 +132,12 @@ class DriftPolicy:
 class AlertPolicy:
     on_call: tuple[str, ...] = ("oncall@example.com",)
     from_email: str = "continuous-training@localhost"
+    #: A day's batch must have landed this many hours after the day's end (UTC), or it is mailed missing...
+    data_missing_after_hours: float = 6
+    #: ...for the first this many days of an outage (one mail per day).
+    data_missing_days: int = 3
+    #: No row served for this many minutes while a champion is deployed mails once per silence (0: off).
+    no_traffic_minutes: float = 60
 
 
 #: What the endpoint does with a value outside its column's declared range or category list.
@@ -339,6 +345,7 @@ def load_policy(config_dir: Path | None = None) -> Policy:
             )
     _check_drift(built["drift"], f"{path}: drift")
     _check_release(built["release"], f"{path}: release")
+    _check_alerts(built["alerts"], f"{path}: alerts")
     return Policy(**built)
 
 
@@ -356,6 +363,15 @@ def _check_drift(drift: DriftPolicy, where: str) -> None:
             f"{where}.windows_drifted: {drift.windows_drifted} drifted windows can never be found among the "
             f"last windows_considered={drift.windows_considered}; expected windows_drifted <= windows_considered"
         )
+
+
+def _check_alerts(alerts: AlertPolicy, where: str) -> None:
+    for name in ("data_missing_after_hours", "no_traffic_minutes"):
+        if getattr(alerts, name) < 0:
+            raise ConfigError(f"{where}.{name}: expected a number >= 0, got {getattr(alerts, name)!r}")
+    days = alerts.data_missing_days
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ConfigError(f"{where}.data_missing_days: expected a whole number >= 1, got {days!r}")
 
 
 def _check_release(release: ReleasePolicy, where: str) -> None:

@@ -136,6 +136,19 @@ class Lake:
     def alert_ledger(self, event_key: str) -> Path:
         return self.root / "alerts" / f"{safe_name(event_key)}.json"
 
+    def delivered_days(self) -> list[str]:
+        """Days something arrived for, oldest first: a landing CSV, or a raw, validated or quarantined
+        partition (an empty landing folder is no delivery)."""
+        days = set()
+        landing = self.root / "landing"
+        if landing.is_dir():
+            days.update(p.name for p in landing.iterdir() if p.is_dir() and any(p.glob("*.csv")))
+        for area in ("raw", "validated", "quarantine"):
+            base = self.root / area
+            if base.is_dir():
+                days.update(p.name.removeprefix("dt=") for p in base.glob("dt=*") if any(p.iterdir()))
+        return sorted(d for d in days if _is_day_key(d))
+
     def validated_days(self) -> list[str]:
         """Days with a published validated partition, oldest first."""
         base = self.root / "validated"
@@ -144,6 +157,13 @@ class Lake:
         return sorted(
             p.name[3:] for p in base.iterdir() if p.name.startswith("dt=") and manifest_file(p).exists()
         )
+
+
+def _is_day_key(text: str) -> bool:
+    try:
+        return day_key(text) == text
+    except ValueError:
+        return False
 
 
 def data_file(partition: Path) -> Path:

@@ -52,6 +52,7 @@ EXPECTED_GRAPH = {
         "notify_on_call": set(),
     },
     "watch": {"watch_champion": set()},
+    "silence": {"check_landing": set(), "check_traffic": set()},
 }
 
 

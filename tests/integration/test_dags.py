@@ -425,3 +425,35 @@ def test_task_failure_mails_on_call_with_the_error(loop):
     assert tasks["stage_partition"] == "failed"
     (alert,) = mails(loop, "FAILED ingest.stage_partition")
     assert "applications-broken.csv" in body(alert)
+
+
+def test_silence_mails_a_missing_day_and_a_silent_endpoint_once_each(
+    loop, first_champion, tmp_path, monkeypatch
+):
+    """In a lake of its own whose newest batch is three days old and whose endpoint never logged a row:
+    each missing day is mailed once, the silence once, and a second run mails nothing."""
+    lake = Lake(tmp_path / "lake")
+    monkeypatch.setenv("CT_LAKE", str(lake.root))
+    config = tmp_path / "config"
+    shutil.copytree(REPO / "include" / "config", config)
+    policy = yaml.safe_load((config / "policy.yaml").read_text())
+    policy["alerts"]["data_missing_after_hours"] = 0  # due at the day's end: independent of the hour
+    (config / "policy.yaml").write_text(yaml.safe_dump(policy))
+    monkeypatch.setenv("CT_CONFIG_DIR", str(config))
+    today = datetime.now(UTC).date()
+    land_day(lake, today - timedelta(days=3), SIM)
+
+    state, tasks = run_dag(loop, "silence", {})
+    assert state == "success", tasks
+    expected = [(today - timedelta(days=n)).isoformat() for n in (2, 1)]
+    for day in expected:
+        (alert,) = mails(loop, f"Data missing: no batch landed for {day}")
+        assert str(lake.landing(day)) in body(alert)
+        assert "trigger <code>ingest</code> with the <i>day</i> param" in body(alert)
+    (silent,) = mails(loop, "No traffic: nothing served since never")
+    assert f"{load_policy().model.name} v" in silent["Subject"]
+
+    count = len(read_mail(loop["mail"]))
+    state, tasks = run_dag(loop, "silence", {})
+    assert state == "success", tasks
+    assert len(read_mail(loop["mail"])) == count, "the same absences are not mailed twice"

@@ -425,6 +425,16 @@ POLICY_ERROR_CASES = [
         id="drift-windows-whole",
     ),
     pytest.param(
+        "alerts: {no_traffic_minutes: -5}\n",
+        ": alerts.no_traffic_minutes: expected a number >= 0, got -5",
+        id="alerts-no-traffic",
+    ),
+    pytest.param(
+        "alerts: {data_missing_days: 0}\n",
+        ": alerts.data_missing_days: expected a whole number >= 1, got 0",
+        id="alerts-missing-days",
+    ),
+    pytest.param(
         "drift: {min_drifted_columns: 0}\n",
         ": drift.min_drifted_columns: expected a whole number >= 1, got 0",
         id="drift-min-columns",

@@ -78,6 +78,11 @@ TASK_TIMEOUTS: dict[str, timedelta] = {
     "watch.watch_champion": 25 * 60 * _MIN,
     # Reads the run's task states, its XComs, the gate verdict (MLflow) and the ledger; mails on-call once.
     "train.report_outcome": 10 * _MIN,
+    # silence
+    # Lists the lake's day folders; mails at most a few days (once each).
+    "silence.check_landing": 10 * _MIN,
+    # Asks MLflow for the champion, reads the served_at column of the last hour's prediction-log files.
+    "silence.check_traffic": 10 * _MIN,
     # monitor
     # Snapshots the window's served rows and downloads the champion's reference sample (measured: 8-40 s).
     "monitor.collect_served": 15 * _MIN,
@@ -111,6 +116,7 @@ MLFLOW_TASKS = frozenset(
         "train.report_outcome",
         "monitor.collect_served",
         "monitor.decide",
+        "silence.check_traffic",
         "rollback.choose_version",
         "rollback.check_version",
         "rollback.move_alias",

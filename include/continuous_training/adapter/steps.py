@@ -847,3 +847,57 @@ def alert_drift(drift: dict[str, Any], decision: dict[str, Any], run_id: str) ->
 def retrain_due(decision: dict[str, Any]) -> dict[str, Any] | None:
     """Conf for the ``train`` DAG when the decision triggers it, else None (the trigger is skipped)."""
     return decision["conf"] if decision["retrain"] else None
+
+
+# -------------------------------------------------------------------------------------------- silence
+
+
+def check_landing(run_id: str, run_after: datetime | None = None) -> dict[str, Any]:
+    """Mail each day past its landing deadline with nothing landed (once per day)."""
+    from continuous_training.monitoring.silence import missing_days
+
+    alerts = load_policy().alerts
+    now = run_after or datetime.now(UTC)
+    missing = missing_days(
+        _lake(), now, after_hours=alerts.data_missing_after_hours, report_days=alerts.data_missing_days
+    )
+    mailed = [
+        m["day"]
+        for m in missing
+        if notify(
+            mail.data_missing_mail(missing=m, run_url=_run_url("silence", run_id), page_url=_page_url())
+        )
+    ]
+    log.info("Missing days: %s (mailed now: %s)", [m["day"] for m in missing] or "none", mailed or "none")
+    return {"missing": [m["day"] for m in missing], "mailed": mailed}
+
+
+def check_traffic(run_id: str, run_after: datetime | None = None) -> dict[str, Any]:
+    """Mail a silence of the endpoint (no served row for ``alerts.no_traffic_minutes``) once; skipped
+    when the check is off or no champion is deployed."""
+    from continuous_training.lineage import CHAMPION
+    from continuous_training.modelstore import alias_version, client
+    from continuous_training.monitoring.silence import traffic_silence
+
+    policy = load_policy()
+    minutes = policy.alerts.no_traffic_minutes
+    if not minutes:
+        raise AirflowSkipException("alerts.no_traffic_minutes is 0: the traffic check is off")
+    version = alias_version(client(), policy.model.name, CHAMPION)
+    if version is None:
+        raise AirflowSkipException("No champion is deployed: no traffic is expected yet")
+    silence = traffic_silence(_lake(), run_after or datetime.now(UTC), minutes=minutes)
+    if silence is None:
+        log.info("Traffic flows: rows served within the last %s minutes", minutes)
+        return {"silent": False}
+    mailed = notify(
+        mail.no_traffic_mail(
+            silence=silence,
+            champion=f"{policy.model.name} v{version}",
+            endpoint=load_settings().endpoint_url,
+            run_url=_run_url("silence", run_id),
+            page_url=_page_url(),
+        )
+    )
+    log.warning("No traffic since %s (mailed now: %s)", silence["since"], mailed)
+    return {"silent": True, **silence, "mailed": mailed}

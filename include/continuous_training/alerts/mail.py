@@ -366,6 +366,80 @@ def retrain_outcome_mail(
     )
 
 
+def data_missing_mail(*, missing: Mapping[str, Any], run_url: str, page_url: str) -> Mail:
+    """A day's batch did not land by its deadline.
+
+    Args:
+        missing: from :func:`continuous_training.monitoring.silence.missing_days` (``day``,
+            ``deadline``, ``last_landed``, ``landing``).
+        run_url: the silence run that noticed.
+        page_url: the project's Overview page.
+    """
+    day = str(missing["day"])
+    body = (
+        f"<h2>Data missing: nothing landed for {html.escape(day)}</h2>"
+        f"<p>The batch of {html.escape(day)} was due in the landing folder by "
+        f"{html.escape(str(missing['deadline']))}; nothing is there and nothing was ingested for the day. "
+        "No model trains on a day that never arrived, and the monitor's labels for it will be missing.</p>"
+        + render_table(
+            [
+                ("Day", day),
+                ("Due by", missing["deadline"]),
+                ("Newest day that landed", missing["last_landed"]),
+                ("Landing folder (on the server)", missing["landing"]),
+                ("Silence run", Link(run_url)),
+                ("Overview", Link(page_url)),
+            ]
+        )
+        + "<p>To recover: drop the day's export in the landing folder, then trigger <code>ingest</code> with "
+        "the <i>day</i> param (the scheduled run for the day has already passed).</p>"
+    )
+    return Mail(
+        event_key=f"data-missing/{day}",
+        subject=f"Data missing: no batch landed for {day}",
+        html=body,
+        details=dict(missing),
+    )
+
+
+def no_traffic_mail(
+    *, silence: Mapping[str, Any], champion: str, endpoint: str, run_url: str, page_url: str
+) -> Mail:
+    """The endpoint served nothing for a while though a champion is deployed.
+
+    Args:
+        silence: from :func:`continuous_training.monitoring.silence.traffic_silence`.
+        champion: the deployed version (``name vN``).
+        endpoint: the endpoint's URL.
+        run_url: the silence run that noticed.
+        page_url: the project's Overview page (the endpoint's health and last hour).
+    """
+    since = str(silence["since"])
+    last = silence.get("last_served_at") or "none in the last 7 days"
+    body = (
+        f"<h2>No traffic: the endpoint served nothing for {silence['minutes']} minutes or more</h2>"
+        f"<p>{html.escape(champion)} is deployed, but no prediction was logged since {html.escape(since)}. "
+        "Either the clients stopped calling, or their requests no longer reach the endpoint; drift and "
+        "performance cannot be judged without traffic.</p>"
+        + render_table(
+            [
+                ("Last served row", last),
+                ("Silent for (minutes)", silence.get("silent_minutes") or "-"),
+                ("Endpoint", endpoint),
+                ("Overview: the endpoint's health", Link(page_url)),
+                ("Silence run", Link(run_url)),
+            ]
+        )
+        + "<p>This silence is mailed once; traffic that resumes and stops again is a new one.</p>"
+    )
+    return Mail(
+        event_key=f"no-traffic/{since}",
+        subject=f"No traffic: nothing served since {since} ({champion})",
+        html=body,
+        details=dict(silence),
+    )
+
+
 #: Columns a drift mail's subject names; the rest are counted ("and N more").
 SUBJECT_COLUMNS = 3
 
