@@ -126,6 +126,9 @@ class DriftPolicy:
     #: champion drifted (each with at least ``min_drifted_columns`` drifted columns).
     windows_drifted: int = 1
     windows_considered: int = 1
+    #: Whether a drifted prediction (the served scores against the model's holdout scores) counts as a
+    #: drifted column towards ``min_drifted_columns``; it is reported either way.
+    prediction_drift_counts: bool = False
 
 
 @dataclass(frozen=True)

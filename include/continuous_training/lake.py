@@ -11,7 +11,8 @@ Layout under the lake root (``CT_LAKE``, default ``$CT_HOME/lake``)::
     predictions/dt=<day>/part-*.parquet         every prediction the endpoint served
     training_sets/<sha256>.json                 training-set snapshots (partition list + content hash)
     training_sets/by_run/<run>.json             the snapshot a train DAG run chose (pinned for re-runs)
-    monitoring/<run>/{current,reference}.parquet  what a monitor run judged: the served window and the reference
+    monitoring/<run>/{current,reference,reference_scores}.parquet  what a monitor run judged: the served
+                                                window, the reference sample, the holdout scores
     monitoring/retrain_triggers.json            ledger of drift-triggered retrainings (the cooldown)
     decisions/monitor/<run>.json                each monitor run's retrain decision, and the outcome it led to
     reports/drift/<run>/                        drift reports (HTML + JSON)
@@ -106,6 +107,10 @@ class Lake:
     def served_reference(self, monitor_run_id: str) -> Path:
         """The champion's reference sample a monitor run judged against (snapshotted beside the window)."""
         return self._monitoring(monitor_run_id) / "reference.parquet"
+
+    def served_reference_scores(self, monitor_run_id: str) -> Path:
+        """The champion's out-of-sample holdout scores a monitor run judged served scores against."""
+        return self._monitoring(monitor_run_id) / "reference_scores.parquet"
 
     def _monitoring(self, monitor_run_id: str) -> Path:
         return self.root / "monitoring" / safe_name(monitor_run_id)

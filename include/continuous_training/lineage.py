@@ -29,6 +29,8 @@ CHALLENGER = "challenger"
 MODEL_NAME_IN_RUN = "model"
 #: Run artifact holding the drift reference sample (features + target of training rows).
 REFERENCE_ARTIFACT = "reference/reference.parquet"
+#: The model's scores of held-out rows (out of sample): the reference of prediction drift.
+REFERENCE_SCORES_ARTIFACT = "reference/holdout_scores.parquet"
 #: Run artifact of the evaluation report.
 EVALUATION_REPORT_ARTIFACT = "evaluation/report.html"
 #: Run artifact of the model's file manifest (JSON ``{relative path: sha256}``), written by training.

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from continuous_training.lineage import MODEL_NAME_IN_RUN, REFERENCE_ARTIFACT
+from continuous_training.lineage import MODEL_NAME_IN_RUN, REFERENCE_ARTIFACT, REFERENCE_SCORES_ARTIFACT
 from continuous_training.provenance import (
     ModelRefusedError,
     check_manifest,
@@ -407,17 +407,39 @@ def load_reference_sample(name: str, version: str | int) -> pd.DataFrame:
     Raises:
         ValueError: the version has no run.
     """
+    found = _reference_artifact(name, version, REFERENCE_ARTIFACT, "reference sample")
+    if found is None:
+        raise ValueError(f"model {name} v{version}: its run holds no {REFERENCE_ARTIFACT}")
+    return found
+
+
+def load_reference_scores(name: str, version: str | int) -> pd.DataFrame | None:
+    """The version's scores of its held-out rows (column ``score``), the reference of prediction drift;
+    None for a version trained before they were logged.
+
+    Raises:
+        ValueError: the version has no run.
+    """
+    return _reference_artifact(name, version, REFERENCE_SCORES_ARTIFACT, "holdout scores")
+
+
+def _reference_artifact(name: str, version: str | int, artifact: str, what: str) -> pd.DataFrame | None:
     import mlflow.artifacts
     import pandas as pd
 
     mlflow_client = client()
     mv = mlflow_client.get_model_version(name, str(version))
     if not mv.run_id:
-        raise ValueError(f"model {name} v{version} has no run, so no reference sample")
+        raise ValueError(f"model {name} v{version} has no run, so no {what}")
+    folder = str(Path(artifact).parent)
+    if Path(artifact).name not in {
+        Path(f.path).name for f in mlflow_client.list_artifacts(mv.run_id, folder)
+    }:
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(
             run_id=mv.run_id,
-            artifact_path=REFERENCE_ARTIFACT,
+            artifact_path=artifact,
             dst_path=tmp,
             tracking_uri=load_settings().mlflow_tracking_uri,
         )

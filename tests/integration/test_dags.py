@@ -346,6 +346,12 @@ def test_monitor_finds_drift_mails_and_triggers_train(loop, first_champion, tmp_
     assert held["drifted"] is True
     assert held["train_run_id"] is None
     assert "no validated day arrived since champion v" in held["why"]
+    # The served scores were judged against the champion's holdout scores, kept with the version.
+    predicted = held["prediction_drift"]
+    assert predicted["column"] == "score"
+    assert predicted["reference_rows"] > 0
+    assert predicted["current_rows"] == sent["rows"]
+    assert predicted["score"] is not None
     assert sorted(held["drifted_columns"]) == sorted(DRIFT_COLUMNS)
     (alert,) = mails(loop, "Drift in")
     assert alert["Subject"].endswith(": not retraining (no_new_data)")

@@ -780,9 +780,11 @@ def compute_drift(collected: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Drift report of the window against the champion's reference sample (both snapshotted by collect)."""
     from continuous_training.monitoring.drift import compute_drift as drift_report
 
+    scores = collected.get("reference_scores_path")
     result = drift_report(
         Path(collected["reference_path"]),
         Path(collected["path"]),
+        reference_scores=Path(scores) if scores else None,
         report_dir=_lake().drift_report_dir(run_id or "manual"),
         title=f"{collected['model_name']} v{collected['model_version']}: "
         f"{collected['window_start']} .. {collected['window_end']}",
@@ -816,11 +818,19 @@ def new_training_data() -> dict[str, Any] | None:
     }
 
 
+def decisive_drift(drift: dict[str, Any], policy: Any) -> bool:
+    """Whether the window drifted in a way that counts towards retraining (columns, or the scores when
+    ``drift.prediction_drift_counts``)."""
+    from continuous_training.monitoring.retrain import counted_drift
+
+    return bool(counted_drift(drift, policy))
+
+
 def decide(drift: dict[str, Any], run_id: str, run_after: datetime | None = None) -> dict[str, Any]:
     """Retrain or not (policy, N-of-M windows, cooldown, new data), written as the run's decision record."""
     from continuous_training.monitoring.retrain import decide_retrain
 
-    new_data = new_training_data() if drift.get("drifted_columns") else None
+    new_data = new_training_data() if decisive_drift(drift, load_policy().drift) else None
     # The run's own time, not the wall clock: re-running an old monitor run judges the cooldown as it was.
     return decide_retrain(_lake(), drift, load_policy().drift, run_id, now=run_after, new_data=new_data)
 
@@ -828,8 +838,8 @@ def decide(drift: dict[str, Any], run_id: str, run_after: datetime | None = None
 def alert_drift(drift: dict[str, Any], decision: dict[str, Any], run_id: str) -> bool:
     """Mail on-call the drifted columns, their scores, the report and what happens next (once per run);
     skipped when no column drifted."""
-    if not drift["drifted_columns"]:
-        raise AirflowSkipException("No column drifted: nothing to mail.")
+    if not drift["drifted_columns"] and not (drift.get("prediction_drift") or {}).get("drifted"):
+        raise AirflowSkipException("No column drifted, nor the scores: nothing to mail.")
     return notify(
         mail.drift_mail(
             drift=drift,

@@ -230,8 +230,20 @@ def drift_mail(
         for side in ("current", "reference")
         for c in nulls.get(side) or []
     ]
+    predicted = drift.get("prediction_drift") or {}
+    if predicted.get("score") is not None:
+        rows.append(
+            (
+                f"{predicted['column']} (the prediction)",
+                f"{predicted['score']:.3f}"
+                + (" drifted" if predicted.get("drifted") else "")
+                + f" against {predicted.get('reference_rows')} holdout scores",
+            )
+        )
     body = (
-        f"<h2>Drift found in {len(drift['drifted_columns'])} column(s)</h2>"
+        f"<h2>Drift found in {len(drift['drifted_columns'])} column(s)"
+        + (" and in the predictions" if predicted.get("drifted") else "")
+        + "</h2>"
         f"<p>What the endpoint served with {html.escape(drift['model_name'])} v{html.escape(drift['model_version'])} "
         f"between {html.escape(drift['window_start'])} and {html.escape(drift['window_end'])} "
         f"({drift['rows_current']} rows) differs from the model's reference sample "
@@ -253,7 +265,7 @@ def drift_mail(
     )
     return Mail(
         event_key=f"drift/{monitor_run_id}",
-        subject=f"Drift in {_leading(ranked)} ({drift['model_name']} v{drift['model_version']}): "
+        subject=f"Drift in {_leading(ranked or ['the predictions'])} ({drift['model_name']} v{drift['model_version']}): "
         + (
             "retraining"
             if decision["decision"] == "triggered"

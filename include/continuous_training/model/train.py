@@ -32,6 +32,7 @@ from continuous_training.lineage import (
     MODEL_MANIFEST_ARTIFACT,
     MODEL_NAME_IN_RUN,
     REFERENCE_ARTIFACT,
+    REFERENCE_SCORES_ARTIFACT,
     TAG_DAG_ID,
     TAG_DAG_RUN_ID,
     TAG_GIT_COMMIT,
@@ -197,6 +198,21 @@ def reference_sample(train_df: pd.DataFrame, contract: DatasetContract, rows: in
     return sample.reset_index(drop=True)
 
 
+def holdout_scores(
+    pipeline: Pipeline, holdout_df: pd.DataFrame, contract: DatasetContract, rows: int
+) -> pd.DataFrame:
+    """The fitted pipeline's scores of held-out rows (a seeded sample of at most ``rows``): out of sample,
+    so distributed as the scores of new traffic from the same population, unlike scores of training
+    rows. The reference of prediction drift."""
+    from continuous_training.predlog import SCORE_COLUMN
+
+    frame = holdout_df.reset_index(drop=True)
+    if len(frame) > rows:
+        frame = frame.sample(n=rows, random_state=0).sort_index()
+    scores = pipeline.predict_proba(feature_frame(frame, contract))[:, 1]
+    return pd.DataFrame({SCORE_COLUMN: scores.astype("float64")})
+
+
 def train_challenger(
     training_set: dict[str, Any],
     *,
@@ -324,6 +340,11 @@ def train_challenger(
                 path, index=False
             )
             mlflow.log_artifact(str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
+            path = Path(tmp) / Path(REFERENCE_SCORES_ARTIFACT).name
+            holdout_scores(pipeline, holdout_df, contract, policy.training.reference_sample_rows).to_parquet(
+                path, index=False
+            )
+            mlflow.log_artifact(str(path), artifact_path=str(Path(REFERENCE_SCORES_ARTIFACT).parent))
     log.info(
         "Trained run %s on %d rows (%s..%s), holdout %s: %s",
         run.info.run_id,

@@ -238,27 +238,104 @@ def drift_scores(
         return {col: future.result() for col, future in futures.items()}
 
 
+def prediction_drift(
+    reference_scores: pd.DataFrame, current: pd.DataFrame, policy: DriftPolicy
+) -> dict[str, Any]:
+    """Drift of the served scores from the model's out-of-sample scores, with ``policy.num_method``.
+
+    Args:
+        reference_scores: the model's scores of held-out rows (column ``score``), as the train DAG keeps
+            them with the version.
+        current: the served window (column ``score``).
+        policy: the drift policy (method and threshold, as for a numeric feature).
+
+    Returns:
+        ``{"column", "score" (None without usable values), "drifted", "method", "threshold",
+        "reference_rows", "current_rows"}``.
+
+    Raises:
+        ValueError: a frame has no ``score`` column, or it holds non-numbers.
+    """
+    _check_columns(reference_scores, [PREDICTION_COLUMN], "reference scores")
+    _check_columns(current, [PREDICTION_COLUMN], "current")
+    value = _column_score(
+        PREDICTION_COLUMN, "num", policy.num_method, reference_scores, current, policy.threshold
+    )
+    return _prediction_verdict(value, policy, len(reference_scores), len(current))
+
+
+def _prediction_verdict(
+    value: float | None, policy: DriftPolicy, reference_rows: int, current_rows: int
+) -> dict[str, Any]:
+    value = value if value is not None and math.isfinite(value) else None
+    return {
+        "column": PREDICTION_COLUMN,
+        "score": value,
+        "drifted": value is not None and value >= policy.threshold,
+        "method": policy.num_method,
+        "threshold": policy.threshold,
+        "reference_rows": reference_rows,
+        "current_rows": current_rows,
+    }
+
+
+def _with_reference_scores(reference: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """The reference sample with a ``score`` column drawn (seeded) from the holdout scores, for the
+    report's charts: each column is charted on its own distribution, so the scores need not belong to
+    the sample's rows (they cannot: the sample is of training rows, scored in sample)."""
+    import numpy as np
+
+    values = scores[PREDICTION_COLUMN].to_numpy(dtype="float64")
+    rng = np.random.default_rng(0)
+    drawn = (
+        rng.choice(values, size=len(reference), replace=len(values) < len(reference))
+        if len(values)
+        else np.nan
+    )
+    return reference.assign(**{PREDICTION_COLUMN: drawn})
+
+
 def _load_and_score(
     reference: pd.DataFrame | Path,
     current: pd.DataFrame | Path,
     contract: DatasetContract,
     policy: DriftPolicy,
-) -> tuple[pd.DataFrame, pd.DataFrame, list[str], dict[str, float | None]]:
-    """Read (if given paths), check and score both sides; returns the frames, numeric columns, scores."""
+    reference_scores: pd.DataFrame | Path | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str], dict[str, float | None], dict[str, Any] | None]:
+    """Read (if given paths), check and score both sides; returns the frames, numeric columns, scores
+    and the prediction drift (None when no side carries scores to judge)."""
+    import pandas as pd
+
     features = contract.feature_names
     wanted = [*features, PREDICTION_COLUMN]
     if not hasattr(reference, "columns"):
         reference = read_window(Path(reference), wanted, contract.categorical_features)
     if not hasattr(current, "columns"):
         current = read_window(Path(current), wanted, contract.categorical_features)
+    if reference_scores is not None and not hasattr(reference_scores, "columns"):
+        reference_scores = pd.read_parquet(Path(reference_scores), columns=[PREDICTION_COLUMN])
     _check_columns(reference, features, "reference")
     _check_columns(current, features, "current")
+    predicted = None
+    if reference_scores is not None and PREDICTION_COLUMN in current.columns:
+        predicted = prediction_drift(reference_scores, current, policy)
+        reference = _with_reference_scores(
+            reference.drop(columns=[PREDICTION_COLUMN], errors="ignore"), reference_scores
+        )
     with_prediction = PREDICTION_COLUMN in reference.columns and PREDICTION_COLUMN in current.columns
     numeric = contract.numeric_features + ([PREDICTION_COLUMN] if with_prediction else [])
     found = drift_scores(
-        reference, current, numeric=numeric, categorical=contract.categorical_features, policy=policy
+        reference,
+        current,
+        numeric=[c for c in numeric if predicted is None or c != PREDICTION_COLUMN],
+        categorical=contract.categorical_features,
+        policy=policy,
     )
-    return reference, current, numeric, found
+    if predicted is not None:
+        found[PREDICTION_COLUMN] = predicted["score"]  # over every holdout score, not the charts' draw
+    elif with_prediction:
+        predicted = _prediction_verdict(found[PREDICTION_COLUMN], policy, len(reference), len(current))
+    return reference, current, numeric, found, predicted
 
 
 def unseen_categories(
@@ -301,6 +378,7 @@ def compute_drift(
     report_dir: Path,
     title: str = "",
     report_rows: int = REPORT_SAMPLE_ROWS,
+    reference_scores: pd.DataFrame | Path | None = None,
 ) -> dict[str, Any]:
     """Compare the served window with the reference sample and save an Evidently drift report.
 
@@ -325,6 +403,9 @@ def compute_drift(
             (created; files of a previous run with the same folder are replaced).
         title: a label for the report and the summary (e.g. the monitor run id and window).
         report_rows: the most rows per side the report's charts are drawn from.
+        reference_scores: the model's out-of-sample scores of its held-out rows (column ``score``; a
+            frame or a Parquet path): the reference of prediction drift (:func:`prediction_drift`),
+            instead of a ``score`` column of ``reference``.
 
     Returns:
         A JSON-serialisable summary: ``drifted_columns`` (by score, highest first; ties by name),
@@ -351,9 +432,9 @@ def compute_drift(
     html_path, json_path = report_dir / REPORT_HTML, report_dir / REPORT_JSON
     with quiet_evidently(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift-load") as background:
         # Evidently's import alone takes seconds: the frames are read and scored meanwhile.
-        pending = background.submit(_load_and_score, reference, current, contract, policy)
+        pending = background.submit(_load_and_score, reference, current, contract, policy, reference_scores)
         import_evidently()
-        reference, current, judged_numeric, found = pending.result()
+        reference, current, judged_numeric, found, prediction_drift_found = pending.result()
         samples = render_drift_report(
             reference,
             current,
@@ -366,7 +447,6 @@ def compute_drift(
             title=title,
             report_rows=report_rows,
         )
-    with_prediction = PREDICTION_COLUMN in judged_numeric
 
     def _score(col: str) -> float | None:
         value = found[col]
@@ -390,14 +470,6 @@ def compute_drift(
         side: [c for c in features if len(frame) and bool(frame[c].isna().all())]
         for side, frame in (("current", current), ("reference", reference))
     }
-    prediction_drift = None
-    if with_prediction:
-        value = _score(PREDICTION_COLUMN)
-        prediction_drift = {
-            "column": PREDICTION_COLUMN,
-            "score": value,
-            "drifted": value is not None and value >= policy.threshold,
-        }
     summary_path = report_dir / SUMMARY_JSON
     result: dict[str, Any] = {
         "title": title,
@@ -412,7 +484,7 @@ def compute_drift(
         "rows_reference": len(reference),
         "rows_current": len(current),
         "report_sample_rows": samples,
-        "prediction_drift": prediction_drift,
+        "prediction_drift": prediction_drift_found,
         "report_html": str(html_path),
         "report_json": str(json_path),
         "summary_json": str(summary_path),

@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def _fmt_scores(drift: dict[str, Any], columns: list[str]) -> str:
-    scores = drift.get("scores", {})
+    predicted = drift.get("prediction_drift") or {}
+    scores = {
+        **drift.get("scores", {}),
+        **({predicted["column"]: predicted.get("score")} if predicted else {}),
+    }
     return ", ".join(f"{c}={scores[c]:.3f}" if scores.get(c) is not None else c for c in columns)
 
 
@@ -44,6 +48,15 @@ def _fmt_scores(drift: dict[str, Any], columns: list[str]) -> str:
 #:   day arrived since it was trained), so a retraining would learn nothing;
 #: - ``triggered``: the ``train`` DAG is triggered.
 DECISIONS = ("undecided", "no_drift", "below_min_columns", "waiting", "cooldown", "no_new_data", "triggered")
+
+
+def counted_drift(drift: dict[str, Any], policy: DriftPolicy) -> list[str]:
+    """What drifted and counts towards retraining: the drifted feature columns, and ``score`` (the
+    prediction) when it drifted and ``policy.prediction_drift_counts``."""
+    counted = list(drift.get("drifted_columns") or [])
+    if policy.prediction_drift_counts and (drift.get("prediction_drift") or {}).get("drifted"):
+        counted.append(str(drift["prediction_drift"].get("column") or "score"))
+    return counted
 
 
 def retrain_decision(
@@ -88,7 +101,7 @@ def retrain_decision(
     if rows is not None and rows < policy.min_rows:
         why = f"only {rows} served rows in the window; drift.min_rows is {policy.min_rows}: not judged"
         return verdict(False, "undecided", why, None)
-    drifted = list(drift.get("drifted_columns", []))
+    drifted = counted_drift(drift, policy)
     threshold = drift.get("threshold", policy.threshold)
     window_drifted = len(drifted) >= policy.min_drifted_columns
     recent = [bool(w.get("drifted")) for w in (earlier_windows or [])][: policy.windows_considered - 1]
@@ -102,6 +115,12 @@ def retrain_decision(
         scores = {c: s for c, s in drift.get("scores", {}).items() if s is not None}
         top = max(scores, key=scores.__getitem__) if scores else None
         highest = f"; highest {top}={scores[top]:.3f}" if top else ""
+        predicted = drift.get("prediction_drift") or {}
+        if predicted.get("drifted"):
+            highest += (
+                f"; the predictions drifted ({predicted['column']}={predicted['score']:.3f}), "
+                "which drift.prediction_drift_counts leaves out"
+            )
         return verdict(
             False, "no_drift", f"no drift: no feature column reached threshold {threshold}{highest}", False
         )
@@ -311,7 +330,7 @@ def decide_retrain(
         new_data=new_data,
     )
     log.info("Retrain? %s (%s): %s", decision["retrain"], decision["decision"], decision["why"])
-    drifted = list(drift.get("drifted_columns") or [])
+    drifted = counted_drift(drift, policy)
     record = {
         "monitor_run_id": monitor_run_id,
         "at": now.isoformat(),
@@ -319,6 +338,7 @@ def decide_retrain(
         **{k: drift.get(k) for k in ("model_name", "model_version", "window_start", "window_end")},
         "rows": drift.get("rows_current"),
         "min_rows": policy.min_rows,
+        "prediction_drift": drift.get("prediction_drift"),
         "drifted_columns": drifted,
         "threshold": drift.get("threshold", policy.threshold),
         "report_html": drift.get("report_html"),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from continuous_training.config import load_contract
 from continuous_training.lake import Lake, to_utc, write_parquet_bytes_stable
-from continuous_training.modelstore import load_reference_sample
+from continuous_training.modelstore import load_reference_sample, load_reference_scores
 from continuous_training.predlog import read_predictions
 
 if TYPE_CHECKING:
@@ -109,19 +109,30 @@ def snapshot_window(
         model_version: the champion version whose served rows are judged.
 
     Returns:
-        ``{"rows", "path", "reference_path", "model_name", "model_version", "window_start",
-        "window_end"}`` (paths as strings, times ISO 8601).
+        ``{"rows", "path", "reference_path", "reference_scores_path" (None for a version without
+        holdout scores), "model_name", "model_version", "window_start", "window_end"}`` (paths as
+        strings, times ISO 8601).
     """
     served = read_predictions(lake, start, end, model_version=model_version)
     path = lake.served_window(monitor_run_id)
     write_parquet_bytes_stable(served, path)
     reference_path = lake.served_reference(monitor_run_id)
     write_parquet_bytes_stable(load_reference_sample(model_name, model_version), reference_path)
+    scores_path: Path | None = lake.served_reference_scores(monitor_run_id)
+    reference_scores = load_reference_scores(model_name, model_version)
+    if reference_scores is None:
+        log.warning(
+            "v%s has no holdout scores (trained before they were kept): no prediction drift", model_version
+        )
+        scores_path = None
+    else:
+        write_parquet_bytes_stable(reference_scores, scores_path)
     log.info("Window %s .. %s: %d rows served by v%s", start, end, len(served), model_version)
     return {
         "rows": len(served),
         "path": str(path),
         "reference_path": str(reference_path),
+        "reference_scores_path": str(scores_path) if scores_path else None,
         "model_name": model_name,
         "model_version": model_version,
         "window_start": start.isoformat(),

@@ -295,3 +295,17 @@ def test_a_drift_run_triggered_over_the_api_is_held_to_the_cooldown(tmp_path):
     record_retrain_trigger(lake, "scheduled__m", t0 + timedelta(hours=2), {"drifted_columns": ["x"]})
     assert admit_drift_run(lake, "drift__scheduled__m", conf, policy, now=t0 + timedelta(hours=2))["train"]
     assert admit_drift_run(lake, "api__drift__3", conf, policy, now=t0 + timedelta(hours=9))["train"]
+
+
+def test_prediction_drift_counts_only_when_policy_says_so() -> None:
+    drift = {**_drift([]), "prediction_drift": {"column": "score", "score": 0.23, "drifted": True}}
+    left_out = retrain_decision(drift, DECISION_POLICY, last_trigger_at=None, now=NOW)
+    assert left_out["decision"] == "no_drift"
+    assert (
+        "the predictions drifted (score=0.230), which drift.prediction_drift_counts leaves out"
+        in left_out["why"]
+    )
+    counting = DriftPolicy(min_rows=500, prediction_drift_counts=True)
+    counted = retrain_decision(drift, counting, last_trigger_at=None, now=NOW)
+    assert counted["decision"] == "triggered"
+    assert "score=0.230" in counted["why"]
