@@ -1,7 +1,8 @@
 """Benchmark 7: the project's pages with a year of history, beside MLflow's own model page.
 
 The history: a year of daily monitor runs (365 drift reports in the lake: one computed by Evidently
-on simulated traffic, the others hard links to it with each column's score redrawn and a day apart), 50
+on simulated traffic, the others hard links to it with each column's score redrawn and a day apart,
+each with its decision record), 50
 registered versions of the champion's model (real registry entries of the champion's run, with its
 lineage and verdict tags) and a champion move per version. Each page is made the way its route makes
 it (``views`` then the template), in this process, against the bench stack's MLflow server: the first
@@ -31,8 +32,9 @@ RUNS = 7
 
 def _drift_history(ctx: BenchContext, lake: Any, days: int) -> None:
     """``days`` monitor runs' reports in the lake: one from Evidently, the rest copies re-scored."""
-    from continuous_training.config import load_contract
+    from continuous_training.config import load_contract, load_policy
     from continuous_training.monitoring.drift import compute_drift
+    from continuous_training.monitoring.retrain import decide_retrain
     from continuous_training.ops.simulate import SimulatorConfig, generate_day
 
     contract = load_contract()
@@ -47,6 +49,7 @@ def _drift_history(ctx: BenchContext, lake: Any, days: int) -> None:
     )
     ctx.log(f"one Evidently drift report in {time.monotonic() - started:.1f} s; copying it {days - 1} times")
     summary = json.loads((first / "summary.json").read_text())
+    policy = load_policy().drift
     rng = random.Random(7)
     start = datetime(2025, 12, 1, tzinfo=UTC)
     for i in range(days):
@@ -66,6 +69,20 @@ def _drift_history(ctx: BenchContext, lake: Any, days: int) -> None:
         )
         stamp = (start + timedelta(days=i)).timestamp()
         os.utime(folder / "summary.json", (stamp, stamp))
+        # Each run's decision record, as the monitor's decide task writes it.
+        window = {
+            "model_name": "bench",
+            "model_version": "1",
+            "window_start": (start + timedelta(days=i - 1)).isoformat(),
+            "window_end": (start + timedelta(days=i)).isoformat(),
+        }
+        decide_retrain(
+            lake,
+            {**summary, **window, "scores": scores, "drifted_columns": drifted},
+            policy,
+            f"bench__monitor__{i:04d}",
+            now=start + timedelta(days=i),
+        )
 
 
 def _versions(ctx: BenchContext, lake: Any, champion: dict[str, Any], count: int) -> None:
@@ -140,9 +157,9 @@ def run(ctx: BenchContext) -> list[Figure]:
         return app.page_html("models.html", "Models", "/ct/models", models=found, chart=chart)
 
     def drift() -> str:
-        runs = views.drift_runs(lake)
+        page = views.drift_page(lake)
         return app.page_html(
-            "drift.html", "Drift", "/ct/drift", runs=runs, chart=charts.scores_over_time(runs)
+            "drift.html", "Drift", "/ct/drift", **page, chart=charts.scores_over_time(page["runs"])
         )
 
     name = champion["model_name"]

@@ -152,15 +152,8 @@ def create_app() -> FastAPI:
     def drift(request: Request) -> HTMLResponse:
         from continuous_training.ui import charts, views
 
-        runs = views.drift_runs(_lake())
-        return render(
-            request,
-            "drift.html",
-            "Drift",
-            runs=runs,
-            decisions=views.decisions(_lake()),
-            chart=charts.scores_over_time(runs),
-        )
+        page = views.drift_page(_lake())
+        return render(request, "drift.html", "Drift", **page, chart=charts.scores_over_time(page["runs"]))
 
     @app.get("/drift/{run_key}", response_class=HTMLResponse, dependencies=[auth.can_read("monitor")])
     def drift_run(request: Request, run_key: str) -> HTMLResponse:

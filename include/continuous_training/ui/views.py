@@ -48,8 +48,15 @@ _HEALTH_TIMEOUT_S = 2.0
 # ------------------------------------------------------------------------------------------- drift
 
 
-def drift_runs(lake: Lake) -> list[dict[str, Any]]:
-    """Every monitor run's drift verdict, newest first.
+def drift_page(lake: Lake) -> dict[str, Any]:
+    """What the Drift page shows: every run's verdict with its decision, and every decision (windows too
+    small to judge included), each read once."""
+    decided = decisions(lake)
+    return {"runs": drift_runs(lake, decided), "decisions": decided}
+
+
+def drift_runs(lake: Lake, decided: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every monitor run's drift verdict, newest first, with its decision record (or None).
 
     Returns:
         ``{"run_key", "at" (the summary's time), "title", "drifted_columns" (highest score first),
@@ -60,10 +67,10 @@ def drift_runs(lake: Lake) -> list[dict[str, Any]]:
     base = lake.drift_reports()
     if not base.is_dir():
         return []
-    decided = {d["run_key"]: d for d in decisions(lake)}
+    by_key = {d["run_key"]: d for d in (decisions(lake) if decided is None else decided)}
     runs = [run for folder in base.iterdir() if (run := _drift_summary(folder)) is not None]
     for run in runs:
-        run["decision"] = decided.get(run["run_key"])
+        run["decision"] = by_key.get(run["run_key"])
     return sorted(runs, key=lambda run: run["at"], reverse=True)
 
 
