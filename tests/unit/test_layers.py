@@ -26,6 +26,7 @@ GROUND = {
     "lake",
     "lineage",
     "links",
+    "metrics",
     "modelstore",
     "predlog",
     "provenance",

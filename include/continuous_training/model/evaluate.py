@@ -23,9 +23,9 @@ from continuous_training.lineage import (
     TAG_TRAINING_SET,
     run_days,
 )
+from continuous_training.metrics import METRICS, classification_metrics
 from continuous_training.model.registry import get_champion
 from continuous_training.model.report import render_report
-from continuous_training.model.train import METRICS, classification_metrics
 from continuous_training.model.training_set import read_days
 
 log = logging.getLogger(__name__)

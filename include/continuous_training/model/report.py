@@ -10,7 +10,7 @@ import html
 
 import numpy as np
 
-from continuous_training.model.train import METRICS
+from continuous_training.metrics import METRICS
 
 _ROC_POINTS = 200
 

@@ -21,7 +21,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from continuous_training import modelstore, provenance
@@ -43,6 +42,7 @@ from continuous_training.lineage import (
     UNKNOWN,
     run_days,
 )
+from continuous_training.metrics import classification_metrics
 from continuous_training.model.training_set import read_days, split_days
 from continuous_training.modelstore import SKOPS_TRUSTED_TYPES  # the loaders' list, log_model must pass it
 
@@ -56,34 +56,7 @@ log = logging.getLogger(__name__)
 #: What the model needs at inference. Pinned from this environment so log_model does not spend ~30 s
 #: inferring requirements in a subprocess (which also picks up pytest and friends).
 MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
-#: Metrics of a probability model: name -> True if higher is better.
-METRICS: dict[str, bool] = {"roc_auc": True, "average_precision": True, "log_loss": False, "brier": False}
-
-
 # ------------------------------------------------------------------------------------------ the model
-
-
-def classification_metrics(y_true: np.ndarray, score: np.ndarray) -> dict[str, float]:
-    """roc_auc, average_precision, log_loss and brier of probabilities against 0/1 labels.
-
-    Raises:
-        ValueError: the labels hold a single class (ranking metrics are undefined).
-    """
-    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
-
-    y_true = np.asarray(y_true)
-    classes = np.unique(y_true)
-    if len(classes) < 2:
-        raise ValueError(
-            f"labels hold only class {classes.tolist()} ({len(y_true)} rows): roc_auc is undefined"
-        )
-    score = np.clip(np.asarray(score, dtype="float64"), 0.0, 1.0)
-    return {
-        "roc_auc": float(roc_auc_score(y_true, score)),
-        "average_precision": float(average_precision_score(y_true, score)),
-        "log_loss": float(log_loss(y_true, score, labels=[0, 1])),
-        "brier": float(brier_score_loss(y_true, score)),
-    }
 
 
 def build_pipeline(contract: DatasetContract, params: dict[str, Any]) -> Pipeline:

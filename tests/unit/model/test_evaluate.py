@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from continuous_training.config import GatePolicy
+from continuous_training.metrics import classification_metrics
 from continuous_training.model.evaluate import gate_verdict
 from continuous_training.model.report import render_report
-from continuous_training.model.train import classification_metrics
 
 AUC = GatePolicy(metric="roc_auc", min_value=0.70, max_regression=0.005)
 BRIER = GatePolicy(metric="brier", min_value=0.20, max_regression=0.01)
