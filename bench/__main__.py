@@ -27,7 +27,7 @@ from continuous_training.ops.stack import pipeline_client_env
 from continuous_training.settings import load_settings
 
 #: In run order: the loop first (it leaves the demo's champion for the serving benchmark).
-BENCHMARKS = ("loop", "serving", "drift", "validation", "dag_parse", "ui", "executors")
+BENCHMARKS = ("loop", "serving", "drift", "performance", "validation", "dag_parse", "ui", "executors")
 #: Skipped by ``--quick`` (a stack, a demo and a retraining take minutes).
 SLOW = ("loop", "executors")
 PACKAGES = (

@@ -64,19 +64,33 @@ def join_labels(
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise ValueError(f"{what}: missing column(s) {missing}; expected {list(columns)}")
+    import numpy as np
+
     served = predictions[["row_id", "served_at", "model_version", "score"]]
-    served = served.sort_values("served_at", kind="stable")
-    first = served.drop_duplicates("row_id", keep="first")
-    labelled = labels[[key, target, "day"]].rename(columns={key: "row_id", target: LABEL})
-    labelled = labelled.dropna(subset=[LABEL])
-    distinct = labelled.drop_duplicates(["row_id", LABEL])
-    conflicting = int(distinct["row_id"].duplicated().sum())
-    newest = distinct.sort_values("day", kind="stable").drop_duplicates("row_id", keep="last")
-    joined = first.merge(newest[["row_id", LABEL]], on="row_id", how="left", validate="one_to_one")
-    joined[LABEL] = pd.to_numeric(joined[LABEL], errors="coerce").astype("float64")
+    if not served["served_at"].is_monotonic_increasing:
+        served = served.sort_values("served_at", kind="stable")
+    labelled = labels[[key, target, "day"]]
+    labelled = labelled[labelled[target].notna()]
+    # One integer code per key across both sides: deduplicating and joining integers, not strings.
+    codes, uniques = pd.factorize(pd.concat([served["row_id"], labelled[key]], ignore_index=True))
+    served_codes, label_codes = codes[: len(served)], codes[len(served) :]
+    first = ~pd.Series(served_codes).duplicated().to_numpy()
+    values = pd.to_numeric(labelled[target], errors="coerce").to_numpy(dtype="float64")
+    day_codes = pd.factorize(labelled["day"].astype(str), sort=True)[0]
+    pairs = pd.DataFrame({"code": label_codes, "label": values, "day": day_codes})
+    distinct = pairs.drop_duplicates(["code", "label"])
+    conflicting = int(distinct["code"].duplicated().sum())
+    # The newest partition's label of each key (a stable sort by day, the last one kept).
+    newest = distinct.iloc[np.argsort(distinct["day"].to_numpy(), kind="stable")].drop_duplicates(
+        "code", keep="last"
+    )
+    label_of = np.full(len(uniques), np.nan)
+    label_of[newest["code"].to_numpy()] = newest["label"].to_numpy()
+    joined = served[first].copy()
+    joined[LABEL] = label_of[served_codes[first]]
     counts = {
         "predictions": len(predictions),
-        "duplicate_predictions": len(served) - len(first),
+        "duplicate_predictions": int((~first).sum()),
         "labels": len(labelled),
         "duplicate_labels": len(labelled) - len(newest),
         "conflicting_labels": conflicting,
@@ -118,11 +132,19 @@ def window_metrics(
     step = timedelta(hours=windows.hours)
     served = joined["served_at"]
     times = served.dt.tz_convert("UTC") if served.dt.tz is not None else served.dt.tz_localize("UTC")
+    if not times.is_monotonic_increasing:
+        order = np.argsort(times.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]"), kind="stable")
+        joined, times = joined.iloc[order], times.iloc[order]
+    stamps = times.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
     found = []
     start = to_utc(windows.start)
     while start < to_utc(windows.end):
         end = min(start + step, to_utc(windows.end))
-        inside = joined[(times >= start) & (times < end)]
+        # Served times are sorted: each window is a slice, found by bisection.
+        lo, hi = np.searchsorted(
+            stamps, [np.datetime64(start.replace(tzinfo=None)), np.datetime64(end.replace(tzinfo=None))]
+        )
+        inside = joined.iloc[lo:hi]
         with_label = inside[inside[LABEL].notna()]
         window: dict[str, Any] = {
             "start": start.isoformat(),
